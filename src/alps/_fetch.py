@@ -107,9 +107,10 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
             infos = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(member)]
             if not infos:
                 raise FetchError(f"{member} not found in {archive.name}")
-            src = tf.extractfile(infos[0])
-            assert src is not None
-            with src, tmp.open("wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+            member_file = tf.extractfile(infos[0])
+            if member_file is None:
+                raise FetchError(f"{member} in {archive.name} is not a regular file")
+            with member_file, tmp.open("wb") as out:
+                shutil.copyfileobj(member_file, out, 1 << 20)
     tmp.replace(dest)
     return dest

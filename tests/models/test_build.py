@@ -182,3 +182,17 @@ def test_registry_name_never_downloads_official_weights(
         load_sam("vit_t", checkpoint="vit_b")
     with pytest.raises(FileNotFoundError, match="neither a file nor a registered"):
         load_sam("vit_t", checkpoint=tmp_path / "missing.pth")
+
+
+def test_litemedsam_segments_a_boxed_disc_through_the_official_predictor(litemedsam_checkpoint: Path) -> None:
+    model = load_sam("litemedsam", checkpoint=litemedsam_checkpoint)
+    yy, xx = np.mgrid[0:300, 0:400]
+    disc = (yy - 150) ** 2 + (xx - 220) ** 2 < 60**2
+    image = np.full((300, 400, 3), 40, np.uint8)
+    image[disc] = 200
+    image += np.random.default_rng(0).integers(0, 20, image.shape, dtype=np.uint8)
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    masks, _, _ = predictor.predict(box=np.array([150, 80, 290, 220]), multimask_output=False)
+    iou = (masks[0] & disc).sum() / (masks[0] | disc).sum()
+    assert iou > 0.9

@@ -30,6 +30,8 @@ def tree_dataset(deepforest_samples: dict[str, TreeImage], tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="session")
-def pseudo_dataset(deepforest_samples: dict[str, TreeImage], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pseudo_dataset(
+    deepforest_samples: dict[str, TreeImage], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """alps label layout, K=4 colour clusters + 255, 8 train + 4 val tiles of 96 px."""
     return make_colour_pseudo_dataset(deepforest_samples, tmp_path_factory.mktemp("pseudo"))

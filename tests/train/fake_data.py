@@ -42,13 +42,15 @@ def kmeans_colours(pixels: np.ndarray, k: int, iterations: int = 10, seed: int =
     centres = pixels[rng.choice(len(pixels), k, replace=False)]
     for _ in range(iterations):
         nearest = ((pixels[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
-        centres = np.stack([pixels[nearest == c].mean(0) if (nearest == c).any() else centres[c]
-                            for c in range(k)])
+        centres = np.stack(
+            [pixels[nearest == c].mean(0) if (nearest == c).any() else centres[c] for c in range(k)]
+        )
     return centres
 
 
-def make_colour_pseudo_dataset(samples: dict[str, TreeImage], root: Path, k: int = 4,
-                               write_num_classes: bool = True) -> Path:
+def make_colour_pseudo_dataset(
+    samples: dict[str, TreeImage], root: Path, k: int = 4, write_num_classes: bool = True
+) -> Path:
     images = {i: read_image(s.image) for i, s in samples.items()}
     pixels = np.concatenate([im[::8, ::8].reshape(-1, 3) for im in images.values()]).astype(np.float64)
     centres = kmeans_colours(pixels, k)

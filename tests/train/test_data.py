@@ -23,7 +23,9 @@ from alps.train.data import (
 )
 
 
-def _write_pair(image_dir: Path, label_dir: Path, stem: str, label: np.ndarray, dtype: type = np.uint8) -> None:
+def _write_pair(
+    image_dir: Path, label_dir: Path, stem: str, label: np.ndarray, dtype: type = np.uint8
+) -> None:
     image_dir.mkdir(parents=True, exist_ok=True)
     label_dir.mkdir(parents=True, exist_ok=True)
     rgb = np.stack([label.astype(np.uint8) * 40] * 3, axis=-1)

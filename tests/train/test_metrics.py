@@ -15,9 +15,7 @@ from alps.train.metrics import ConfusionMatrixMetric, confusion_matrix, format_t
 # (0,0) (0,1) (1,1) (1,1) (2,2) (2,0) (1,2)
 TARGET = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 1]])
 PRED = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 2]])
-HAND_CM = np.array([[1, 1, 0],
-                    [0, 2, 1],
-                    [1, 0, 1]])
+HAND_CM = np.array([[1, 1, 0], [0, 2, 1], [1, 0, 1]])
 
 
 def test_confusion_matrix_by_hand() -> None:

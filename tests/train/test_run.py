@@ -13,23 +13,62 @@ import torch
 from alps.cli import main
 from alps.train.run import read_metrics
 
-TINY = ["--arch", "unet", "--encoder", "resnet18", "--crop-size", "64", "--batch-size", "2",
-        "--num-workers", "0", "--no-progress", "--scale-min", "0.75", "--scale-max", "1.25", "--log-every", "1"]
+TINY = [
+    "--arch",
+    "unet",
+    "--encoder",
+    "resnet18",
+    "--crop-size",
+    "64",
+    "--batch-size",
+    "2",
+    "--num-workers",
+    "0",
+    "--no-progress",
+    "--scale-min",
+    "0.75",
+    "--scale-max",
+    "1.25",
+    "--log-every",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def pretrained_run(pseudo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "pre"
-    code = main(["pretrain", str(pseudo_dataset), "--out", str(run), *TINY, "--max-steps", "3",
-                 "--val-every", "3", "--checkpoint-every", "2", "--keep-checkpoints", "-1"])
+    code = main(
+        [
+            "pretrain",
+            str(pseudo_dataset),
+            "--out",
+            str(run),
+            *TINY,
+            "--max-steps",
+            "3",
+            "--val-every",
+            "3",
+            "--checkpoint-every",
+            "2",
+            "--keep-checkpoints",
+            "-1",
+        ]
+    )
     assert code == 0
     return run
 
 
 @pytest.mark.slow
 def test_pretrain_writes_a_complete_run(pretrained_run: Path) -> None:
-    for name in ("config.yaml", "dataset.json", "model.ckpt", "checkpoints/last.ckpt",
-                 "checkpoints/step-000002.ckpt", "metrics.csv", "learning_curve.png"):
+    for name in (
+        "config.yaml",
+        "dataset.json",
+        "model.ckpt",
+        "checkpoints/last.ckpt",
+        "checkpoints/step-000002.ckpt",
+        "metrics.csv",
+        "learning_curve.png",
+    ):
         assert (pretrained_run / name).is_file(), name
     record = json.loads((pretrained_run / "dataset.json").read_text())
     assert record["num_classes"] == 4 and len(record["mean"]) == 3 and len(record["train_ids"]) == 8
@@ -40,11 +79,29 @@ def test_pretrain_writes_a_complete_run(pretrained_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_finetune_then_evaluate(pretrained_run: Path, tree_dataset: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_finetune_then_evaluate(
+    pretrained_run: Path, tree_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "ft"
-    code = main(["finetune", str(tree_dataset), "--init", str(pretrained_run), "--num-classes", "2",
-                 "--out", str(run), "--label-fraction", "0.5", *TINY, "--max-steps", "2", "--val-every", "0"])
+    code = main(
+        [
+            "finetune",
+            str(tree_dataset),
+            "--init",
+            str(pretrained_run),
+            "--num-classes",
+            "2",
+            "--out",
+            str(run),
+            "--label-fraction",
+            "0.5",
+            *TINY,
+            "--max-steps",
+            "2",
+            "--val-every",
+            "0",
+        ]
+    )
     assert code == 0
     record = json.loads((run / "dataset.json").read_text())
     assert len(record["train_ids"]) == 2 and record["class_names"] == ["not_tree", "tree"]
@@ -67,8 +124,16 @@ def test_resumed_run_continues_from_its_checkpoint(pretrained_run: Path, tmp_pat
     shutil.copytree(pretrained_run, run)
     before = _lr_by_step(run / "logs" / "version_0" / "metrics.csv")
     # as if the run had died after step 2: resume from that checkpoint
-    code = main(["pretrain", "--out", str(run), "--resume", str(run / "checkpoints" / "step-000002.ckpt"),
-                 "--no-progress"])
+    code = main(
+        [
+            "pretrain",
+            "--out",
+            str(run),
+            "--resume",
+            str(run / "checkpoints" / "step-000002.ckpt"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     after = _lr_by_step(run / "logs" / "version_1" / "metrics.csv")
     assert min(after) == 2  # continued at step 2, not from scratch

@@ -126,8 +126,7 @@ def _run_label(inputs: list[str], out: str, **kwargs: Any) -> int:
     except (FileNotFoundError, ValueError, FetchError) as err:
         print(f"alps label: {err}", file=sys.stderr)
         return 2 if not isinstance(err, FetchError) else 1
-    if kwargs.get("progress", True) or sys.stderr.isatty():
-        run.print_summary()
+    run.print_summary()
     return 0 if run.ok else 1
 
 

@@ -91,6 +91,8 @@ def _run_training(args: argparse.Namespace, mode: str) -> int:
         print(f"alps {mode}: give DATA (or 'data:' in --config)", file=sys.stderr)
         return 2
     result = train(config)
+    if not result.is_global_zero:
+        return 0
     print(f"{mode} finished at step {result.global_step}: {result.checkpoint}")
     if result.metrics_csv:
         print(f"metrics: {result.metrics_csv}")

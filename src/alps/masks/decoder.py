@@ -52,7 +52,7 @@ class ImageContext:
     @torch.no_grad()
     def build(cls, prompt_encoder: PromptEncoder, decoder: MaskDecoder, embedding: Tensor) -> ImageContext:
         """``embedding``: (1, C, h, w) image embedding from the encoder."""
-        _, c, h, w = embedding.shape
+        h, w = embedding.shape[-2:]
         dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         keys = (embedding + dense).flatten(2).transpose(1, 2)
         key_pe = prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)

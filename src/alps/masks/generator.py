@@ -51,9 +51,15 @@ from alps.masks.decoder import (
 from alps.masks.image import check_size, to_rgb_uint8
 from alps.masks.prompts import box_grid_for_layer
 from alps.masks.types import Geometry, MaskResult
+from alps.models.vit_fast import encode_image
 
 Prompt = Literal["points", "boxes"]
 Mode = Literal["exact", "fast"]
+# Default (pred_iou_thresh, stability_score_thresh) per prompt type. Points: the official defaults.
+# Boxes: a box-trained model's logits are softer and its IoU head more modest (LiteMedSAM on the NEON
+# sample tiles: median predicted IoU 0.71, median stability 0.67), so the official cut-offs would
+# drop every mask; 0.6 / 0.6 keeps the better half, and NMS removes duplicates.
+THRESHOLDS: dict[str, tuple[float, float]] = {"points": (0.88, 0.95), "boxes": (0.6, 0.6)}
 # Prompts decoded together: small enough that per-prompt image tensors stay in cache.
 DECODER_CHUNK = 8
 # Full-resolution logits upsampled together (bounds memory: chunk * H * W floats).
@@ -70,6 +76,7 @@ class _Candidates:
     """Masks of one crop that passed the per-batch filters; masks kept as COCO RLE."""
 
     rles: list[dict[str, Any]] = field(default_factory=list)
+    areas: list[torch.Tensor] = field(default_factory=list)  # (k,) pixels of each mask
     boxes: list[torch.Tensor] = field(default_factory=list)  # (k, 4) XYXY in crop coordinates
     iou: list[torch.Tensor] = field(default_factory=list)
     stability: list[torch.Tensor] = field(default_factory=list)
@@ -83,6 +90,7 @@ class _Candidates:
 
         return {
             "rles": self.rles,
+            "areas": c(self.areas, 0).long(),
             "boxes": c(self.boxes, 4),
             "iou": c(self.iou, 0),
             "stability": c(self.stability, 0),
@@ -95,7 +103,9 @@ class _Candidates:
 class MaskGenerator:
     """Generate masks for a whole image with SAM, like ``SamAutomaticMaskGenerator`` but faster.
 
-    Parameters are those of the official generator (same defaults, same meaning), plus:
+    Parameters are those of the official generator (same defaults, same meaning), plus the
+    following. ``pred_iou_thresh`` / ``stability_score_thresh`` left at ``None`` take the official
+    defaults (0.88 / 0.95) for point prompts and 0.6 / 0.6 for box prompts (see ``THRESHOLDS``).
 
     prompt: ``"points"`` (official point grid), ``"boxes"`` (multi-scale box grid) or ``None``
         for the model's default (boxes for LiteMedSAM).
@@ -109,8 +119,8 @@ class MaskGenerator:
         model: Sam,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
@@ -147,8 +157,11 @@ class MaskGenerator:
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
         self.points_per_batch = points_per_batch  # accepted for compatibility; see DECODER_CHUNK
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
+        defaults = THRESHOLDS[prompt]
+        self.pred_iou_thresh = defaults[0] if pred_iou_thresh is None else pred_iou_thresh
+        self.stability_score_thresh = (
+            defaults[1] if stability_score_thresh is None else stability_score_thresh
+        )
         self.stability_score_offset = stability_score_offset
         self.box_nms_thresh = box_nms_thresh
         self.crop_n_layers = crop_n_layers
@@ -209,7 +222,7 @@ class MaskGenerator:
         resized = self.transform.apply_image(crop)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         input_size = (int(x.shape[-2]), int(x.shape[-1]))
-        embedding = self.model.image_encoder(self.model.preprocess(x))
+        embedding = encode_image(self.model.image_encoder, self.model.preprocess(x))
         return embedding, input_size
 
     def _prompts(self, layer: int, crop_size: tuple[int, int]) -> np.ndarray:
@@ -217,7 +230,9 @@ class MaskGenerator:
         if self.prompt == "points":
             return self.point_grids[layer] * scale[None, :]
         assert self.points_per_side is not None
-        grid = box_grid_for_layer(self.points_per_side, self.box_levels, layer, self.crop_n_points_downscale_factor)
+        grid = box_grid_for_layer(
+            self.points_per_side, self.box_levels, layer, self.crop_n_points_downscale_factor
+        )
         return grid * np.tile(scale, 2)[None, :]
 
     def _process_crop(
@@ -232,17 +247,20 @@ class MaskGenerator:
         prompts = self._prompts(layer, crop_size)
         cands = _Candidates()
         for start in range(0, len(prompts), DECODER_CHUNK):
-            self._process_batch(ctx, prompts[start : start + DECODER_CHUNK], crop_size, input_size,
-                                crop_box, orig_size, cands)
+            self._process_batch(
+                ctx, prompts[start : start + DECODER_CHUNK], crop_size, input_size, crop_box, orig_size, cands
+            )
         data = cands.cat()
         if len(data["rles"]):
             keep = batched_nms(
-                data["boxes"].float(), data["iou"], torch.zeros(len(data["boxes"])),
+                data["boxes"].float(),
+                data["iou"],
+                torch.zeros(len(data["boxes"])),
                 iou_threshold=self.box_nms_thresh,
             )
             data = _select(data, keep)
         if self.mode == "fast":
-            data["rles"] = self._upsample_survivors(data.pop("low_res"), input_size, crop_size)
+            data["rles"], data["areas"] = self._upsample_survivors(data.pop("low_res"), input_size, crop_size)
         data.pop("low_res", None)
         data["boxes"] = data["boxes"] + torch.tensor([x0, y0, x0, y0])
         data["points"] = data["points"] + torch.tensor([x0, y0], dtype=data["points"].dtype)
@@ -255,13 +273,15 @@ class MaskGenerator:
     def _encode_prompts(self, prompts: np.ndarray, crop_size: tuple[int, int]) -> torch.Tensor:
         encoder = self.model.prompt_encoder
         if self.prompt == "points":
-            coords = torch.as_tensor(self.transform.apply_coords(prompts, crop_size), dtype=torch.float,
-                                     device=self.device)
+            coords = torch.as_tensor(
+                self.transform.apply_coords(prompts, crop_size), dtype=torch.float, device=self.device
+            )
             labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
             sparse, _ = encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
         else:
-            boxes = torch.as_tensor(self.transform.apply_boxes(prompts, crop_size), dtype=torch.float,
-                                    device=self.device)
+            boxes = torch.as_tensor(
+                self.transform.apply_boxes(prompts, crop_size), dtype=torch.float, device=self.device
+            )
             sparse, _ = encoder(points=None, boxes=boxes, masks=None)
         return sparse
 
@@ -275,41 +295,61 @@ class MaskGenerator:
         orig_size: tuple[int, int],
         cands: _Candidates,
     ) -> None:
-        out: DecoderOutput = decode_tokens(self.model.mask_decoder, ctx, self._encode_prompts(prompts, crop_size))
+        out: DecoderOutput = decode_tokens(
+            self.model.mask_decoder, ctx, self._encode_prompts(prompts, crop_size)
+        )
         # multimask outputs 1..3 for points, the single output 0 for boxes (as SAM does per prompt type)
         outputs = [1, 2, 3] if self.prompt == "points" else [0]
         n_out = len(outputs)
         iou = out.iou_pred[:, outputs].flatten()
         prompt_idx = torch.arange(len(prompts)).repeat_interleave(n_out)
         mask_idx = torch.tensor(outputs).repeat(len(prompts))
-        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+        keep = (
+            iou > self.pred_iou_thresh
+            if self.pred_iou_thresh > 0.0
+            else torch.ones_like(iou, dtype=torch.bool)
+        )
         if not keep.any():
             return
         prompt_idx, mask_idx, iou = prompt_idx[keep], mask_idx[keep], iou[keep]
         low_res = upscale_masks(self.model.mask_decoder, ctx, out, prompt_idx, mask_idx)
         threshold = float(self.model.mask_threshold)
         if self.mode == "fast":
-            self._filter_low_res(low_res, iou, prompt_idx, prompts, input_size, crop_size, crop_box, orig_size, cands)
+            self._filter_low_res(
+                low_res, iou, prompt_idx, prompts, input_size, crop_size, crop_box, orig_size, cands
+            )
             return
         for start in range(0, len(iou), UPSAMPLE_CHUNK):
             sl = slice(start, start + UPSAMPLE_CHUNK)
             logits = upscale_logits_like_sam(low_res[sl], self.model_size, input_size, crop_size)
             stability = calculate_stability_score(logits, threshold, self.stability_score_offset)
-            ok = stability >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else \
-                torch.ones_like(stability, dtype=torch.bool)
+            ok = (
+                stability >= self.stability_score_thresh
+                if self.stability_score_thresh > 0.0
+                else torch.ones_like(stability, dtype=torch.bool)
+            )
             masks = logits[ok] > threshold
             del logits
             boxes = batched_mask_to_box(masks)
             edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
             masks, boxes = masks[edge_ok], boxes[edge_ok]
             idx = torch.nonzero(ok).flatten()[edge_ok]
-            self._add(cands, masks_to_rles(masks), boxes, iou[sl][idx], stability[idx],
-                      prompt_idx[sl][idx], prompts)
+            self._add(
+                cands,
+                masks_to_rles(masks),
+                masks.flatten(1).sum(1),
+                boxes,
+                iou[sl][idx],
+                stability[idx],
+                prompt_idx[sl][idx],
+                prompts,
+            )
 
     def _add(
         self,
         cands: _Candidates,
         rles: list[dict[str, Any]],
+        areas: torch.Tensor,
         boxes: torch.Tensor,
         iou: torch.Tensor,
         stability: torch.Tensor,
@@ -320,6 +360,7 @@ class MaskGenerator:
             return
         p = torch.as_tensor(prompts, dtype=torch.float64)[prompt_idx]
         cands.rles.extend(rles)
+        cands.areas.append(areas)
         cands.boxes.append(boxes)
         cands.iou.append(iou)
         cands.stability.append(stability)
@@ -349,34 +390,51 @@ class MaskGenerator:
         valid = low_res[:, :vh, :vw]
         threshold = float(self.model.mask_threshold)
         stability = calculate_stability_score(valid, threshold, self.stability_score_offset)
-        ok = stability >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else \
-            torch.ones_like(stability, dtype=torch.bool)
+        ok = (
+            stability >= self.stability_score_thresh
+            if self.stability_score_thresh > 0.0
+            else torch.ones_like(stability, dtype=torch.bool)
+        )
         masks = valid[ok] > threshold
         # low-res box edges -> crop pixels (cell borders: left/top inclusive, right/bottom exclusive)
         boxes = batched_mask_to_box(masks).float()
         sx, sy = crop_size[1] / vw, crop_size[0] / vh
         boxes = boxes * torch.tensor([sx, sy, sx, sy]) + torch.tensor([0.0, 0.0, sx - 1, sy - 1])
-        boxes = torch.minimum(boxes, torch.tensor([crop_size[1] - 1, crop_size[0] - 1] * 2, dtype=torch.float))
+        boxes = torch.minimum(
+            boxes, torch.tensor([crop_size[1] - 1, crop_size[0] - 1] * 2, dtype=torch.float)
+        )
         edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
         idx = torch.nonzero(ok).flatten()[edge_ok]
         if not len(idx):
             return
-        self._add(cands, [{}] * len(idx), boxes[edge_ok].round().long(), iou[idx], stability[idx],
-                  prompt_idx[idx], prompts)
+        self._add(
+            cands,
+            [{}] * len(idx),
+            torch.zeros(len(idx)),
+            boxes[edge_ok].round().long(),
+            iou[idx],
+            stability[idx],
+            prompt_idx[idx],
+            prompts,
+        )
         cands.low_res.append(valid[idx].clone())
 
     def _upsample_survivors(
         self, low_res: torch.Tensor | None, input_size: tuple[int, int], crop_size: tuple[int, int]
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], torch.Tensor]:
         if low_res is None or not len(low_res):
-            return []
+            return [], torch.zeros(0, dtype=torch.long)
         rles: list[dict[str, Any]] = []
+        areas = []
         threshold = float(self.model.mask_threshold)
         for start in range(0, len(low_res), UPSAMPLE_CHUNK):
-            x = F.interpolate(low_res[start : start + UPSAMPLE_CHUNK, None], crop_size, mode="bilinear",
-                              align_corners=False)[:, 0]
-            rles.extend(masks_to_rles(x > threshold))
-        return rles
+            x = F.interpolate(
+                low_res[start : start + UPSAMPLE_CHUNK, None], crop_size, mode="bilinear", align_corners=False
+            )[:, 0]
+            masks = x > threshold
+            rles.extend(masks_to_rles(masks))
+            areas.append(masks.flatten(1).sum(1))
+        return rles, torch.cat(areas)
 
     # ------------------------------------------------------------------ post-processing
     def _remove_small_regions(self, data: dict[str, Any], orig_size: tuple[int, int]) -> dict[str, Any]:
@@ -392,17 +450,22 @@ class MaskGenerator:
         stacked = torch.stack(masks)
         boxes = batched_mask_to_box(stacked)
         scores = torch.as_tensor(unchanged)
-        keep = batched_nms(boxes.float(), scores, torch.zeros(len(boxes)),
-                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
+        keep = batched_nms(
+            boxes.float(),
+            scores,
+            torch.zeros(len(boxes)),
+            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh),
+        )
         for i in keep.tolist():
             if unchanged[i] == 0.0:
                 data["rles"][i] = masks_to_rles(stacked[i : i + 1])[0]
                 data["boxes"][i] = boxes[i]
+                data["areas"][i] = stacked[i].sum()
         return _select(data, keep)
 
     def _records(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         rles = data["rles"]
-        areas = mask_utils.area(rles).tolist() if rles else []
+        areas = data["areas"].tolist()
         records = []
         for i, rle in enumerate(rles):
             box = data["boxes"][i].tolist()
@@ -471,6 +534,6 @@ def _select(data: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
 
 def _concat_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"rles": [r for p in parts for r in p["rles"]]}
-    for key in ("boxes", "iou", "stability", "points", "prompt_boxes", "crop_boxes"):
+    for key in ("areas", "boxes", "iou", "stability", "points", "prompt_boxes", "crop_boxes"):
         out[key] = torch.cat([p[key] for p in parts])
     return out

@@ -92,6 +92,9 @@ class LiteMedSam(Sam):
     ``pixel_mean``/``pixel_std`` are kept only for interface compatibility and are not used.
     """
 
+    #: trained with box prompts only: point prompts give empty masks (read by alps.masks.default_prompt)
+    box_prompts_only = True
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``3 x h x w`` or ``B x 3 x h x w`` pixels (any range), longest side <= img_size.
 

@@ -297,13 +297,13 @@ def _download(entry: WeightsEntry, dest: Path, timeout: float = 30.0) -> None:
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", None) or repr(err)
         raise FetchError(
-            f"could not download {entry.filename} from {entry.url} ({reason}); offline or host unreachable? "
+            f"could not download {entry.filename} from {entry.url} ({reason}); offline or host unreachable?"
             f"{_kept(part)}\n{manual_instructions(entry)}"
         ) from err
     got = part.stat().st_size
     if got < entry.size:  # connection closed early without an error
         raise FetchError(
-            f"download of {entry.filename} stopped at {got} of {entry.size} bytes. {_kept(part)}\n"
+            f"download of {entry.filename} stopped at {got} of {entry.size} bytes.{_kept(part)}\n"
             f"{manual_instructions(entry)}"
         )
     part.replace(dest)
@@ -311,7 +311,7 @@ def _download(entry: WeightsEntry, dest: Path, timeout: float = 30.0) -> None:
 
 def _kept(part: Path) -> str:
     if part.exists() and part.stat().st_size:
-        return f"The bytes received are kept in {part}; fetching again resumes from there."
+        return f" The bytes received are kept in {part}; fetching again resumes from there."
     return ""
 
 

@@ -60,7 +60,7 @@ class TrainConfig:
     max_steps: int = _opt(2000, "optimizer steps in total")
     seed: int = _opt(0, "random seed (weights init, augmentation, data order)")
     # evaluation, checkpoints, logging
-    val_every: int = _opt(500, "validate every N steps (and at the end); 0 = only at the end")
+    val_every: int = _opt(500, "validate every N steps (and at the end); 0 = only at the end, -1 = never")
     eval_stride: int | None = _opt(None, "sliding-window stride (default: 2/3 of --crop-size)")
     checkpoint_every: int = _opt(500, "save a checkpoint every N steps (plus last.ckpt)")
     keep_checkpoints: int = _opt(2, "how many step checkpoints to keep (-1 = all)")

@@ -78,13 +78,9 @@ def segmentation_conv(model: nn.Module) -> nn.Conv2d:
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the classification convolution for a freshly initialised one with ``num_classes`` outputs."""
     old = segmentation_conv(model)
-    new = nn.Conv2d(
-        old.in_channels,
-        num_classes,
-        old.kernel_size,
-        padding=old.padding,  # type: ignore[arg-type]
-        bias=old.bias is not None,
-    )
+    kh, kw = old.kernel_size[0], old.kernel_size[-1]
+    ph, pw = (0, 0) if isinstance(old.padding, str) else (old.padding[0], old.padding[-1])
+    new = nn.Conv2d(old.in_channels, num_classes, (kh, kw), padding=(ph, pw), bias=old.bias is not None)
     head = model.segmentation_head
     if isinstance(head, nn.Sequential):
         head[0] = new
@@ -171,8 +167,9 @@ def load_matching(
 def _match_by_position(
     target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    def aligned(tgt: list[tuple[str, torch.Tensor]], src: list[tuple[str, torch.Tensor]]
-                ) -> dict[str, torch.Tensor]:
+    def aligned(
+        tgt: list[tuple[str, torch.Tensor]], src: list[tuple[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
         if len(src) < len(tgt) or any(t.shape != s.shape for (_, t), (_, s) in zip(tgt, src, strict=False)):
             return {}
         return {k: s for (k, _), (_, s) in zip(tgt, src, strict=False)}
@@ -180,6 +177,7 @@ def _match_by_position(
     # try with BatchNorm's num_batches_tracked counters, then without (one side may lack them)
     found = aligned(list(target.items()), list(source.items()))
     if not found:
+
         def weights(state: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
             return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
 

@@ -81,7 +81,8 @@ class SegmentationModule(L.LightningModule):
         scores = scores_from_confusion(self.val_cm.compute(), self.class_names)
         self.val_cm.reset()
         for name, value in (("val/miou", scores.miou), ("val/oa", scores.oa), ("val/mf1", scores.mf1)):
-            self.log(name, value, prog_bar=name == "val/miou")
+            # every rank holds the same, already summed matrix; sync_dist only keeps Lightning quiet
+            self.log(name, value, prog_bar=name == "val/miou", sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

@@ -50,6 +50,7 @@ class RunResult:
     global_step: int
     metrics_csv: Path | None
     learning_curve: Path | None
+    is_global_zero: bool = True  # False in the other processes of a distributed run
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
@@ -125,7 +126,7 @@ def train(config: TrainConfig) -> RunResult:
     its architecture and encoder are taken from that checkpoint.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from alps.train.module import SegmentationModule
@@ -223,11 +224,11 @@ def train(config: TrainConfig) -> RunResult:
         train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, **loader_kw
     )
     val_loader = None
-    if data.val:
+    if data.val and config.val_every >= 0:
         val_set = EvalDataset(data.val, mean, std, data.value_lut, cache=config.cache_images)
         val_loader = DataLoader(val_set, batch_size=1, shuffle=False, **loader_kw)
 
-    val_every = min(config.val_every or config.max_steps, config.max_steps)
+    val_every = min(max(config.val_every, 0) or config.max_steps, config.max_steps)
     checkpointer = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step-{step:06d}",
@@ -238,6 +239,14 @@ def train(config: TrainConfig) -> RunResult:
         mode="max",
         save_last=True,
     )
+
+    class FinalCheckpoint(Callback):
+        """Also write last.ckpt after the final step (where ModelCheckpoint writes its own)."""
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if trainer.global_step >= config.max_steps:
+                trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
     trainer = L.Trainer(
         accelerator=config.accelerator,
         devices=devices,
@@ -250,7 +259,7 @@ def train(config: TrainConfig) -> RunResult:
         check_val_every_n_epoch=None,
         limit_val_batches=None if val_loader else 0,
         logger=CSVLogger(save_dir=run_dir, name="logs"),
-        callbacks=[checkpointer, LearningRateMonitor()],
+        callbacks=[checkpointer, FinalCheckpoint(), LearningRateMonitor()],
         log_every_n_steps=config.log_every,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
@@ -260,17 +269,20 @@ def train(config: TrainConfig) -> RunResult:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        # crops are sampled at random, so restarting the loader mid-"epoch" loses nothing
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
         if val_loader is not None and trainer.global_step % val_every:
             trainer.validate(module, val_loader, verbose=False)
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     trainer.save_checkpoint(run_dir / "model.ckpt", weights_only=True)
 
     metrics_csv = curve = None
     if trainer.is_global_zero:
         metrics_csv = merge_metrics(run_dir)
         curve = plot_learning_curve(run_dir) if metrics_csv else None
-    return RunResult(run_dir, run_dir / "model.ckpt", trainer.global_step, metrics_csv, curve)
+    return RunResult(
+        run_dir, run_dir / "model.ckpt", trainer.global_step, metrics_csv, curve, trainer.is_global_zero
+    )
 
 
 def pretrain(config: TrainConfig) -> RunResult:

