@@ -60,8 +60,9 @@ Mode = Literal["exact", "fast"]
 # sample tiles: median predicted IoU 0.71, median stability 0.67), so the official cut-offs would
 # drop every mask; 0.6 / 0.6 keeps the better half, and NMS removes duplicates.
 THRESHOLDS: dict[str, tuple[float, float]] = {"points": (0.88, 0.95), "boxes": (0.6, 0.6)}
-# Prompts decoded together: small enough that per-prompt image tensors stay in cache.
-DECODER_CHUNK = 8
+# On CPU at most this many prompts are decoded together: per-prompt image-side tensors are 4 MB,
+# and small batches keep them in cache (GPUs take points_per_batch as given).
+CPU_DECODER_BATCH = 8
 # Full-resolution logits upsampled together (bounds memory: chunk * H * W floats).
 UPSAMPLE_CHUNK = 16
 
@@ -156,7 +157,7 @@ class MaskGenerator:
             self.point_grids = build_all_layer_point_grids(
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
-        self.points_per_batch = points_per_batch  # accepted for compatibility; see DECODER_CHUNK
+        self.points_per_batch = points_per_batch
         defaults = THRESHOLDS[prompt]
         self.pred_iou_thresh = defaults[0] if pred_iou_thresh is None else pred_iou_thresh
         self.stability_score_thresh = (
@@ -246,9 +247,12 @@ class MaskGenerator:
         ctx = ImageContext.build(self.model.prompt_encoder, self.model.mask_decoder, embedding)
         prompts = self._prompts(layer, crop_size)
         cands = _Candidates()
-        for start in range(0, len(prompts), DECODER_CHUNK):
+        batch = self.points_per_batch
+        if self.device.type == "cpu":
+            batch = min(batch, CPU_DECODER_BATCH)
+        for start in range(0, len(prompts), batch):
             self._process_batch(
-                ctx, prompts[start : start + DECODER_CHUNK], crop_size, input_size, crop_box, orig_size, cands
+                ctx, prompts[start : start + batch], crop_size, input_size, crop_box, orig_size, cands
             )
         data = cands.cat()
         if len(data["rles"]):

