@@ -74,14 +74,25 @@ class ImageContext:
         )
 
 
-def _token_to_image(attn: Attention, q_tok: Tensor, keys_pe: Tensor, keys: Tensor) -> Tensor:
-    """Tokens (B, T, C) attend to per-prompt image keys (B, N, C); returns (B, T, C)."""
+def _scores_with_pe(folded: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
+    """``folded @ (keys + key_pe)^T`` without materialising ``keys + key_pe``.
+
+    ``folded``: (B, R, C), ``keys``: (B, N, C), ``key_pe``: (1, N, C) -> (B, R, N). The shared
+    positional term is one GEMM over the whole batch; the per-prompt term one batched GEMM.
+    """
+    b, r, c = folded.shape
+    pe_term = (folded.reshape(b * r, c) @ key_pe[0].T).reshape(b, r, -1)
+    return torch.baddbmm(pe_term, folded, keys.transpose(1, 2))
+
+
+def _token_to_image(attn: Attention, q_tok: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
+    """Tokens (B, T, C) attend to per-prompt image keys (B, N, C) (+ ``key_pe``); returns (B, T, C)."""
     b, t, c = q_tok.shape
     heads, d = _heads(attn)
-    q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2)  # (B,H,T,d)
+    q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2) / math.sqrt(d)  # (B,H,T,d)
     w_k = attn.k_proj.weight.reshape(heads, d, c)
-    q_in = torch.einsum("bhtd,hdc->bhtc", q, w_k).reshape(b, heads * t, c) / math.sqrt(d)
-    scores = torch.bmm(q_in, keys_pe.transpose(1, 2))  # (B, H*T, N); k bias is constant per row
+    folded = torch.einsum("bhtd,hdc->bhtc", q, w_k).reshape(b, heads * t, c)
+    scores = _scores_with_pe(folded, keys, key_pe)  # (B, H*T, N); the k bias is constant per row
     probs = torch.softmax(scores, dim=-1)
     mixed = torch.bmm(probs, keys).reshape(b, heads, t, c)  # softmax rows sum to one
     w_v = attn.v_proj.weight.reshape(heads, d, c)
@@ -93,37 +104,42 @@ def _token_to_image_shared(attn: Attention, q_tok: Tensor, k: Tensor, v: Tensor)
     """Tokens (B, T, C) attend to image keys/values projected once per image: k, v (H, N, d)."""
     b, t, _ = q_tok.shape
     heads, d = _heads(attn)
-    q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2)  # (B,H,T,d)
-    probs = torch.softmax(torch.matmul(q, k.transpose(1, 2)) / math.sqrt(d), dim=-1)  # (B,H,T,N)
+    q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2) / math.sqrt(d)  # (B,H,T,d)
+    probs = torch.softmax(torch.matmul(q, k.transpose(1, 2)), dim=-1)  # (B,H,T,N)
     out = torch.matmul(probs, v)  # (B,H,T,d)
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
 
 
 def _image_to_token(
-    attn: Attention, q_tok: Tensor, v_tok: Tensor, keys_pe: Tensor | None, shared_q: Tensor | None
+    attn: Attention,
+    q_tok: Tensor,
+    v_tok: Tensor,
+    keys: Tensor,
+    key_pe: Tensor,
+    shared_q: Tensor | None,
 ) -> Tensor:
-    """Image cells attend to tokens. Returns the update to the image keys, (B, N, C).
+    """Image cells attend to tokens; returns ``keys + attention output`` (B, N, C), before the norm.
 
     ``q_tok``: token keys input (queries + pe), ``v_tok``: token values input (queries), both
-    (B, T, C). The image queries come either projected once per image (``shared_q``, (H, N, d)) or
-    from per-prompt ``keys_pe`` (B, N, C), with the query projection folded into the token keys.
+    (B, T, C). The image queries are either projected once per image (``shared_q``, (H, N, d)) or
+    ``keys + key_pe`` with the query projection folded into the token keys. The output projection
+    is folded into the token values, its bias spread over the heads (each head's softmax sums to 1).
     """
     b, t, c = q_tok.shape
     heads, d = _heads(attn)
-    kt = attn.k_proj(q_tok).reshape(b, t, heads, d)
+    kt = attn.k_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2) / math.sqrt(d)  # (B,H,T,d)
     if shared_q is not None:
-        scores = torch.einsum("hnd,bthd->bnht", shared_q, kt)
+        scores = torch.matmul(kt, shared_q.transpose(1, 2))  # (B,H,T,N)
     else:
-        assert keys_pe is not None
         w_q = attn.q_proj.weight.reshape(heads, d, c)
-        folded = torch.einsum("hdc,bthd->bhtc", w_q, kt).reshape(b, heads * t, c)
-        bias = torch.einsum("hd,bthd->bht", attn.q_proj.bias.reshape(heads, d), kt).reshape(b, 1, heads * t)
-        scores = torch.baddbmm(bias, keys_pe, folded.transpose(1, 2)).reshape(b, -1, heads, t)
-    probs = torch.softmax(scores / math.sqrt(d), dim=-1).reshape(b, -1, heads * t)  # (B,N,H*T)
+        folded = torch.einsum("hdc,bhtd->bhtc", w_q, kt).reshape(b, heads * t, c)
+        bias = torch.einsum("hd,bhtd->bht", attn.q_proj.bias.reshape(heads, d), kt).reshape(b, heads * t, 1)
+        scores = (_scores_with_pe(folded, keys, key_pe) + bias).reshape(b, heads, t, -1)
+    probs = torch.softmax(scores, dim=2).reshape(b, heads * t, -1)  # over the tokens of each head
     vt = attn.v_proj(v_tok).reshape(b, t, heads, d)
     w_o = attn.out_proj.weight.reshape(c, heads, d)
-    values = torch.einsum("bthd,chd->bhtc", vt, w_o).reshape(b, heads * t, c)  # out_proj folded in
-    return torch.baddbmm(attn.out_proj.bias.reshape(1, 1, c), probs, values)
+    values = torch.einsum("bthd,chd->bhtc", vt, w_o) + attn.out_proj.bias / heads
+    return torch.baddbmm(keys, probs.transpose(1, 2), values.reshape(b, heads * t, c))
 
 
 def _block(
@@ -144,18 +160,16 @@ def _block(
     q = queries + query_pe
     if keys is None:
         attn_out = _token_to_image_shared(layer.cross_attn_token_to_image, q, ctx.layer0_k, ctx.layer0_v)
-        keys_pe = None
     else:
-        keys_pe = keys + ctx.key_pe
-        attn_out = _token_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys)
+        attn_out = _token_to_image(layer.cross_attn_token_to_image, q, keys, ctx.key_pe)
     queries = layer.norm2(queries + attn_out)
     queries = layer.norm3(queries + layer.mlp(queries))
 
     q = queries + query_pe
     shared_q = ctx.layer0_q if keys is None else None
-    update = _image_to_token(layer.cross_attn_image_to_token, q, queries, keys_pe, shared_q)
-    keys = layer.norm4((ctx.keys if keys is None else keys) + update)
-    return queries, keys
+    keys_in = ctx.keys if keys is None else keys
+    pre_norm = _image_to_token(layer.cross_attn_image_to_token, q, queries, keys_in, ctx.key_pe, shared_q)
+    return queries, layer.norm4(pre_norm)
 
 
 @dataclass
@@ -176,9 +190,7 @@ def decode_tokens(decoder: MaskDecoder, ctx: ImageContext, sparse: Tensor) -> De
     for layer in transformer.layers:
         queries, keys = _block(layer, queries, keys, tokens, ctx)
     assert keys is not None
-    attn_out = _token_to_image(
-        transformer.final_attn_token_to_image, queries + tokens, keys + ctx.key_pe, keys
-    )
+    attn_out = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys, ctx.key_pe)
     queries = transformer.norm_final_attn(queries + attn_out)
     iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
     return DecoderOutput(iou_pred, queries[:, 1 : 1 + decoder.num_mask_tokens, :], keys)
