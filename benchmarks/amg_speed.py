@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     outs = {}
                     for label, gen in gens.items():
-                        outs[label], seconds = timed(lambda g=gen: g.generate(image))
+                        outs[label], seconds = timed(lambda g=gen, im=image: g.generate(im))
                         times[label].append(seconds)
                         res[f"{label}_s"] = round(seconds, 2)
                         res[f"{label}_masks"] = len(outs[label])

@@ -34,13 +34,27 @@ def tiny_sam(seed: int = 0) -> Sam:
     """A SAM with a one-block 64-px ViT (8x8x32 embedding): fast, deterministic, random."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = ImageEncoderViT(img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2, out_chans=32,
-                                  use_rel_pos=False, window_size=0)
-        prompt_encoder = PromptEncoder(embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64),
-                                       mask_in_chans=4)
+        encoder = ImageEncoderViT(
+            img_size=64,
+            patch_size=8,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            out_chans=32,
+            use_rel_pos=False,
+            window_size=0,
+        )
+        prompt_encoder = PromptEncoder(
+            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64), mask_in_chans=4
+        )
         transformer = TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2)
-        decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=32, transformer=transformer,
-                              iou_head_depth=2, iou_head_hidden_dim=32)
+        decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer_dim=32,
+            transformer=transformer,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
+        )
         return Sam(encoder, prompt_encoder, decoder).eval()
 
 
@@ -125,8 +139,16 @@ def test_label_writes_mmseg_style_dataset(tmp_path: Path, model: Sam) -> None:
 
 def test_sam_mask_source_runs(tmp_path: Path, model: Sam) -> None:
     write_images(tmp_path / "in", 2)
-    run = run_label(tmp_path / "in", tmp_path / "out", model, masks="sam", points_per_side=4,
-                    pred_iou_thresh=0.0, stability_score_thresh=0.0, area_threshold=1.0)
+    run = run_label(
+        tmp_path / "in",
+        tmp_path / "out",
+        model,
+        masks="sam",
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        area_threshold=1.0,
+    )
     assert len(run.ok) == 2
     assert all(r.n_masks > 0 for r in run.ok)
     assert manifest(tmp_path / "out")["parameters"]["generator_kwargs"]["pred_iou_thresh"] == 0.0
@@ -187,8 +209,12 @@ def test_rerun_redoes_nothing_and_interrupted_run_matches(tmp_path: Path, model:
             path.unlink()
     (out / "manifest.json").unlink()
     resumed = run_label(tmp_path / "in", out, model)
-    assert {r.id: r.resumed for r in resumed.images} == {"img_0": True, "img_1": False, "img_2": True,
-                                                         "img_3": False}
+    assert {r.id: r.resumed for r in resumed.images} == {
+        "img_0": True,
+        "img_1": False,
+        "img_2": True,
+        "img_3": False,
+    }
     assert manifest(out)["counts"]["resumed"] == 2
     assert label_bytes(out) == label_bytes(full)
 
@@ -276,8 +302,14 @@ def test_odd_and_broken_inputs(tmp_path: Path, model: Sam) -> None:
     run = run_label(src, out, model)
     status = {r.relpath: r.status for r in run.images}
     assert status == {
-        "alpha.png": "ok", "corrupt.png": "failed", "deep.tif": "ok", "empty.jpg": "failed",
-        "forêt 2019.06.01 ñ.png": "ok", "gray.jpg": "ok", "siteA/img_0.png": "ok", "siteB/img_0.png": "ok",
+        "alpha.png": "ok",
+        "corrupt.png": "failed",
+        "deep.tif": "ok",
+        "empty.jpg": "failed",
+        "forêt 2019.06.01 ñ.png": "ok",
+        "gray.jpg": "ok",
+        "siteA/img_0.png": "ok",
+        "siteB/img_0.png": "ok",
         "tiny.png": "failed",
     }
     ids = [r.id for r in run.images]
@@ -310,8 +342,15 @@ def test_image_without_surviving_masks_gets_all_unlabeled(tmp_path: Path, model:
 
 def test_many_clusters_give_lossless_uint16_labels(tmp_path: Path, model: Sam) -> None:
     write_images(tmp_path / "in", 3)
-    run = run_label(tmp_path / "in", tmp_path / "out", model, clusters=300, n_segments=250, compactness=100.0,
-                    area_threshold=1.0)
+    run = run_label(
+        tmp_path / "in",
+        tmp_path / "out",
+        model,
+        clusters=300,
+        n_segments=250,
+        compactness=100.0,
+        area_threshold=1.0,
+    )
     assert sum(r.n_masks_kept for r in run.images) >= 300 and run.clusters == 300
     m = manifest(tmp_path / "out")
     assert m["dataset"]["label_dtype"] == "uint16"
@@ -421,18 +460,37 @@ def neon_tiles() -> list[Path]:
 
 
 @pytest.mark.slow
-def test_cli_kill9_resume_is_byte_identical(tmp_path: Path, neon_tiles: list[Path],
-                                            litemedsam_checkpoint: Path) -> None:
+def test_cli_kill9_resume_is_byte_identical(
+    tmp_path: Path, neon_tiles: list[Path], litemedsam_checkpoint: Path
+) -> None:
     """kill -9 after the first finished image, re-run: nothing finished is redone, labels identical."""
-    args = ["--checkpoint", str(litemedsam_checkpoint), "--masks", "slic", "--points-per-side", "6",
-            "--clusters", "4", "--no-progress"]
+    args = [
+        "--checkpoint",
+        str(litemedsam_checkpoint),
+        "--masks",
+        "slic",
+        "--points-per-side",
+        "6",
+        "--clusters",
+        "4",
+        "--no-progress",
+    ]
     inputs = [str(p) for p in neon_tiles[:2]]
     full, out = tmp_path / "full", tmp_path / "out"
-    subprocess.run(_cli("label", *inputs, "--out", str(full), *args), env=_env(), check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _cli("label", *inputs, "--out", str(full), *args),
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
-    proc = subprocess.Popen(_cli("label", *inputs, "--out", str(out), *args), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli("label", *inputs, "--out", str(out), *args),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list((out / "state").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -443,8 +501,13 @@ def test_cli_kill9_resume_is_byte_identical(tmp_path: Path, neon_tiles: list[Pat
         pytest.fail(f"the run was not interrupted mid-way (rc {proc.returncode}, {len(finished)} done)")
     assert not (out / "manifest.json").exists()
 
-    done = subprocess.run(_cli("label", *inputs, "--out", str(out), *args), env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _cli("label", *inputs, "--out", str(out), *args),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     m = manifest(out)
     assert {e["id"] for e in m["images"] if e["resumed"]} == set(finished)
@@ -454,20 +517,33 @@ def test_cli_kill9_resume_is_byte_identical(tmp_path: Path, neon_tiles: list[Pat
     assert len(label_bytes(full)) == len(inputs)
 
     # a changed parameter is refused with a clear message, and nothing is touched
-    refused = subprocess.run(_cli("label", *inputs, "--out", str(out), *args, "--area-threshold", "0.2"),
-                             env=_env(), capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        _cli("label", *inputs, "--out", str(out), *args, "--area-threshold", "0.2"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode == 2
     assert "area_threshold: 0.3 -> 0.2" in refused.stderr and "--force" in refused.stderr
     assert label_bytes(out) == label_bytes(full)
 
 
 @pytest.mark.slow
-def test_e2e_litemedsam_boxes_on_neon_tiles(tmp_path: Path, neon_tiles: list[Path],
-                                            litemedsam_checkpoint: Path) -> None:
+def test_e2e_litemedsam_boxes_on_neon_tiles(
+    tmp_path: Path, neon_tiles: list[Path], litemedsam_checkpoint: Path
+) -> None:
     """The product path: LiteMedSAM box prompts on real aerial tiles give masks, clusters, labels."""
     out = tmp_path / "out"
-    run = label(neon_tiles[:2], out, model="litemedsam", checkpoint=litemedsam_checkpoint, points_per_side=8,
-                clusters=4, progress=False)
+    run = label(
+        neon_tiles[:2],
+        out,
+        model="litemedsam",
+        checkpoint=litemedsam_checkpoint,
+        points_per_side=8,
+        clusters=4,
+        progress=False,
+    )
     assert len(run.ok) == 2
     assert all(r.n_masks_kept > 0 for r in run.ok), [(r.id, r.n_masks, r.n_masks_kept) for r in run.ok]
     assert run.clusters == 4 and sum(1 for size in run.cluster_sizes if size) >= 2

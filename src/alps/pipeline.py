@@ -79,12 +79,6 @@ SPLITS = ("train", "val")
 RANDOM_CHECKPOINT = "random"
 _SLIC_KEYS = {"n_segments", "compactness", "sigma"}
 _LINKABLE = {".png", ".jpg", ".jpeg"}
-# Generator settings used for a model unless the caller gives them. LiteMedSAM (box-trained, medical)
-# scores aerial masks lower than SAM does: on the NEON tiles its box-prompt masks have predicted IoU
-# ~0.70-0.85 and stability ~0.6-0.8, so SAM's 0.88 / 0.95 keep nothing; 0.75 / 0.7 keep about half.
-GENERATOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "litemedsam": {"pred_iou_thresh": 0.75, "stability_score_thresh": 0.7},
-}
 _STATE_FIELDS = ("height", "width", "source_mode", "conversion", "n_masks", "n_masks_kept", "seconds")
 
 
@@ -239,8 +233,17 @@ def _hash_json(data: Any) -> str:
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "alps-seg": __version__, "torch": torch.__version__}
-    for dist in ("segment-anything", "numpy", "pillow", "pyarrow", "scikit-learn", "scikit-image",
-                 "pycocotools", "opencv-python-headless", "tifffile"):
+    for dist in (
+        "segment-anything",
+        "numpy",
+        "pillow",
+        "pyarrow",
+        "scikit-learn",
+        "scikit-image",
+        "pycocotools",
+        "opencv-python-headless",
+        "tifffile",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -379,29 +382,33 @@ def _encoder_embedding(sam: Any) -> Callable[[np.ndarray], tuple[torch.Tensor, G
     return run
 
 
-def slic_records(image: np.ndarray, *, n_segments: int, compactness: float = 10.0,
-                 sigma: float = 0.0) -> list[dict[str, Any]]:
+def slic_records(
+    image: np.ndarray, *, n_segments: int, compactness: float = 10.0, sigma: float = 0.0
+) -> list[dict[str, Any]]:
     """SLIC superpixels as generator-style records (``segmentation`` a COCO RLE, scores 1.0)."""
     from pycocotools import mask as mask_utils
     from skimage.segmentation import slic
 
     height, width = image.shape[:2]
-    segments = slic(image, n_segments=n_segments, compactness=compactness, sigma=sigma,
-                    start_label=0, channel_axis=-1)
+    segments = slic(
+        image, n_segments=n_segments, compactness=compactness, sigma=sigma, start_label=0, channel_axis=-1
+    )
     records = []
     for value in np.unique(segments):
         mask = segments == value
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         ys, xs = np.nonzero(mask)
-        records.append({
-            "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
-            "area": int(ys.size),
-            "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
-            "predicted_iou": 1.0,
-            "point_coords": [[float(xs.mean()), float(ys.mean())]],
-            "stability_score": 1.0,
-            "crop_box": [0, 0, width, height],
-        })
+        records.append(
+            {
+                "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                "area": int(ys.size),
+                "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+                "predicted_iou": 1.0,
+                "point_coords": [[float(xs.mean()), float(ys.mean())]],
+                "stability_score": 1.0,
+                "crop_box": [0, 0, width, height],
+            }
+        )
     return records
 
 
@@ -412,8 +419,13 @@ def _check_generator_kwargs(masks: str, kwargs: dict[str, Any]) -> None:
     else:
         from alps.masks import MaskGenerator
 
-        allowed = set(inspect.signature(MaskGenerator).parameters) - {"model", "points_per_side", "prompt",
-                                                                     "mode", "output_mode"}
+        allowed = set(inspect.signature(MaskGenerator).parameters) - {
+            "model",
+            "points_per_side",
+            "prompt",
+            "mode",
+            "output_mode",
+        }
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(f"unknown {masks} mask setting(s) {unknown}; allowed: {sorted(allowed)}")
@@ -434,9 +446,24 @@ def _slic_source(sam: Any, points_per_side: int, kwargs: dict[str, Any]) -> Mask
 # parameters and resume state
 
 
-def _generator_settings(model: str, masks: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The caller's generator keywords on top of the model's defaults (SAM masks only)."""
-    defaults = GENERATOR_DEFAULTS.get(model, {}) if masks == "sam" else {}
+def _generator_settings(
+    spec: _ModelSpec, prompt: str | None, masks: str, given: dict[str, Any]
+) -> dict[str, Any]:
+    """The caller's generator keywords on top of the thresholds the generator uses for this model's
+    prompt type (SAM masks only; box-trained LiteMedSAM: boxes), written out for the manifest."""
+    if masks != "sam":
+        return dict(sorted(given.items()))
+    from alps.masks.generator import THRESHOLDS, default_prompt
+    from alps.models.build import BOX_PROMPT_MODELS
+
+    if prompt is None:
+        prompt = (
+            default_prompt(spec.module)
+            if spec.module is not None
+            else ("boxes" if spec.name in BOX_PROMPT_MODELS else "points")
+        )
+    iou, stability = THRESHOLDS[prompt]
+    defaults = {"pred_iou_thresh": iou, "stability_score_thresh": stability}
     return dict(sorted({**defaults, **given}.items()))
 
 
@@ -637,8 +664,8 @@ def label(
         progress: show progress bars.
         **generator_kwargs: any other ``SamAutomaticMaskGenerator`` keyword (``pred_iou_thresh``,
             ``stability_score_thresh``, ``points_per_batch``, ``crop_n_layers``, ...), or for SLIC
-            ``n_segments``, ``compactness``, ``sigma``. Unset ones take the generator's defaults,
-            except those in :data:`GENERATOR_DEFAULTS` for the model (LiteMedSAM's thresholds).
+            ``n_segments``, ``compactness``, ``sigma``. Unset ones take the generator's defaults
+            (thresholds per prompt type: :data:`alps.masks.generator.THRESHOLDS`).
 
     Returns:
         A :class:`LabelRun`; the same information is in ``out/manifest.json``.
@@ -674,7 +701,7 @@ def label(
         "device": device,
         "seed": seed,
         "val_fraction": val_fraction,
-        "generator_kwargs": _generator_settings(spec.name, masks, generator_kwargs),
+        "generator_kwargs": _generator_settings(spec, prompt, masks, generator_kwargs),
     }
     table_params = _table_params(spec, parameters)
     params_hash = _hash_json(table_params)
@@ -755,16 +782,35 @@ def _run(
                     record.status, record.error = "failed", str(err)
                     log.warning("skipped %s", err)
                     (out / "tables" / f"{item.id}.parquet").unlink(missing_ok=True)
-                    _write_json(state_path, {"id": item.id, "status": "failed", "error": str(err),
-                                             "sha256": record.sha256, "params_hash": params_hash})
+                    _write_json(
+                        state_path,
+                        {
+                            "id": item.id,
+                            "status": "failed",
+                            "error": str(err),
+                            "sha256": record.sha256,
+                            "params_hash": params_hash,
+                        },
+                    )
                     continue
                 record.status = "ok"
-                _write_json(state_path, {
-                    "id": item.id, "source": record.source, "status": "ok", "sha256": record.sha256,
-                    "params_hash": params_hash, "height": record.height, "width": record.width,
-                    "source_mode": record.source_mode, "conversion": record.conversion,
-                    "n_masks": record.n_masks, "n_masks_kept": record.n_masks_kept, "seconds": record.seconds,
-                })
+                _write_json(
+                    state_path,
+                    {
+                        "id": item.id,
+                        "source": record.source,
+                        "status": "ok",
+                        "sha256": record.sha256,
+                        "params_hash": params_hash,
+                        "height": record.height,
+                        "width": record.width,
+                        "source_mode": record.source_mode,
+                        "conversion": record.conversion,
+                        "n_masks": record.n_masks,
+                        "n_masks_kept": record.n_masks_kept,
+                        "seconds": record.seconds,
+                    },
+                )
                 log.info("%s: %d masks, %d kept", item.id, record.n_masks, record.n_masks_kept)
 
     ok = [f for f in files if records[f.id].status == "ok"]
@@ -812,8 +858,12 @@ def _run(
             table = read_mask_table(out / "tables" / f"{item.id}.parquet")
             areas = np.asarray(table.column("area").to_numpy(), dtype=np.int64)
             label_map = paint_label_map(
-                loaded.pixels.shape[0], loaded.pixels.shape[1], table_rles(table),
-                assignments.get(item.id, np.zeros(0, np.int32)), areas=areas, num_clusters=max(k_used, 1),
+                loaded.pixels.shape[0],
+                loaded.pixels.shape[1],
+                table_rles(table),
+                assignments.get(item.id, np.zeros(0, np.int32)),
+                areas=areas,
+                num_clusters=max(k_used, 1),
             )
             label_path = out / "labels" / split / f"{item.id}.png"
             save_label_png(label_path, label_map)
@@ -857,8 +907,13 @@ def _run(
         warnings=notes,
     )
     _write_manifest(run, spec, p, table_params, params_hash, cluster_meta, split_lists)
-    log.info("done: %d labelled, %d failed, %d clusters, %.1f s", len(ok_ids), len(failed), k_used,
-             timings["total"])
+    log.info(
+        "done: %d labelled, %d failed, %d clusters, %.1f s",
+        len(ok_ids),
+        len(failed),
+        k_used,
+        timings["total"],
+    )
     return run
 
 

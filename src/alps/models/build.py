@@ -130,6 +130,8 @@ BUILDERS: dict[str, Callable[[], Sam]] = {
     "litemedsam": partial(build_sam_tiny_vit, LITEMEDSAM_ENCODER, LiteMedSam),
 }
 MODEL_TYPES: tuple[str, ...] = tuple(BUILDERS)
+#: model types whose models were trained with box prompts only (their ``box_prompts_only`` is True)
+BOX_PROMPT_MODELS = frozenset({"litemedsam"})
 
 ARCHITECTURES = {
     "vit_b": "SAM ViT-B encoder, embed dim 768",

@@ -36,8 +36,8 @@ def attention_forward(attn: Attention, x: Tensor) -> Tensor:
     """Same as ``Attention.forward``: ``x`` (B, H, W, C) -> (B, H, W, C)."""
     b, h, w, _ = x.shape
     heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (B, heads, N, d)
+    qkv = attn.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4).contiguous()
+    q, k, v = qkv.unbind(0)  # (B, heads, N, d), each head contiguous for the fused kernel
     if not attn.use_rel_pos:
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
     else:
