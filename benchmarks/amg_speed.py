@@ -47,6 +47,10 @@ def sample_image(name: str) -> np.ndarray:
 
 
 def build_model(name: str) -> torch.nn.Module:
+    return _build_model(name).requires_grad_(False)  # inference only (also keeps FlopCounterMode happy)
+
+
+def _build_model(name: str) -> torch.nn.Module:
     if name == "litemedsam":
         return load_sam("litemedsam", checkpoint="litemedsam")
     sam = load_sam(name, seed=0)
@@ -76,7 +80,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 def encoder_flops(model: torch.nn.Module) -> float:
     size = int(model.image_encoder.img_size)
     x = torch.zeros(1, 3, size, size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter:
         encode_image(model.image_encoder, x)
     return float(counter.get_total_flops())
 
@@ -85,8 +89,9 @@ def decoder_flops_per_prompt(model: torch.nn.Module) -> float:
     """FLOPs of the official decoder for one point prompt (transformer + upscaling, multimask)."""
     emb = torch.zeros(1, 256, 64, 64)
     pts = torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.int)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with torch.no_grad():
         sparse, dense = model.prompt_encoder(points=pts, boxes=None, masks=None)
+    with FlopCounterMode(display=False) as counter:
         model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
     return float(counter.get_total_flops())
 

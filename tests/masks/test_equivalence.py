@@ -64,8 +64,15 @@ def test_exact_mode_equals_official(
 ) -> None:
     image = aerial_image[:, :360]  # non-square: exercises resize + padding geometry
     kwargs = {**CASES[case], "output_mode": "coco_rle"}
-    official = SamAutomaticMaskGenerator(sam_real_decoder, **kwargs).generate(image)
     ours = MaskGenerator(sam_real_decoder, mode="exact", **kwargs).generate(image)
+    try:
+        official = SamAutomaticMaskGenerator(sam_real_decoder, **kwargs).generate(image)
+    except IndexError:
+        # segment-anything 1.0 crashes in its cross-crop NMS when no mask survives in any crop
+        # (box_area of an empty crop-box tensor); the right answer there is no mask
+        assert kwargs.get("crop_n_layers") and ours == [], "official failed on a non-empty result"
+        print(f"{case}: official generator raised on zero masks; alps exact returned []")
+        return
     print(f"{case}: official {len(official)} masks, alps exact {len(ours)} masks")
     if case.startswith("loose"):
         distinct = {r["segmentation"]["counts"] for r in official}

@@ -239,7 +239,7 @@ def upscale_masks(
     src = out.keys[prompts].transpose(1, 2).reshape(len(prompts), -1, h, w)
     upscaled = decoder.output_upscaling(src)  # (P, c', 4h, 4w)
     tokens = out.mask_tokens[prompt_idx, mask_idx]  # (K, C)
-    hyper = torch.empty(len(prompt_idx), upscaled.shape[1], dtype=tokens.dtype)
+    hyper = torch.empty(len(prompt_idx), upscaled.shape[1], dtype=tokens.dtype, device=tokens.device)
     for i, mlp in enumerate(decoder.output_hypernetworks_mlps):
         sel = mask_idx == i
         if sel.any():

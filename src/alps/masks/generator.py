@@ -307,8 +307,8 @@ class MaskGenerator:
         outputs = [1, 2, 3] if self.prompt == "points" else [0]
         n_out = len(outputs)
         iou = out.iou_pred[:, outputs].flatten()
-        prompt_idx = torch.arange(len(prompts)).repeat_interleave(n_out)
-        mask_idx = torch.tensor(outputs).repeat(len(prompts))
+        prompt_idx = torch.arange(len(prompts), device=iou.device).repeat_interleave(n_out)
+        mask_idx = torch.tensor(outputs, device=iou.device).repeat(len(prompts))
         keep = (
             iou > self.pred_iou_thresh
             if self.pred_iou_thresh > 0.0
@@ -363,12 +363,12 @@ class MaskGenerator:
     ) -> None:
         if not len(boxes):
             return
-        p = torch.as_tensor(prompts, dtype=torch.float64)[prompt_idx]
-        cands.rles.extend(rles)
-        cands.areas.append(areas)
-        cands.boxes.append(boxes)
-        cands.iou.append(iou)
-        cands.stability.append(stability)
+        p = torch.as_tensor(prompts, dtype=torch.float64)[prompt_idx.cpu()]
+        cands.rles.extend(rles)  # per-crop bookkeeping lives on the CPU, whatever the model's device
+        cands.areas.append(areas.cpu())
+        cands.boxes.append(boxes.cpu())
+        cands.iou.append(iou.cpu())
+        cands.stability.append(stability.cpu())
         if self.prompt == "points":
             cands.points.append(p)
             cands.prompt_boxes.append(torch.full((len(p), 4), float("nan")))
@@ -402,14 +402,14 @@ class MaskGenerator:
         )
         masks = valid[ok] > threshold
         # low-res box edges -> crop pixels (cell borders: left/top inclusive, right/bottom exclusive)
-        boxes = batched_mask_to_box(masks).float()
+        boxes = batched_mask_to_box(masks).float().cpu()
         sx, sy = crop_size[1] / vw, crop_size[0] / vh
         boxes = boxes * torch.tensor([sx, sy, sx, sy]) + torch.tensor([0.0, 0.0, sx - 1, sy - 1])
         boxes = torch.minimum(
             boxes, torch.tensor([crop_size[1] - 1, crop_size[0] - 1] * 2, dtype=torch.float)
         )
         edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
-        idx = torch.nonzero(ok).flatten()[edge_ok]
+        idx = torch.nonzero(ok).flatten().cpu()[edge_ok]
         if not len(idx):
             return
         self._add(
@@ -439,7 +439,7 @@ class MaskGenerator:
             masks = x > threshold
             rles.extend(masks_to_rles(masks))
             areas.append(masks.flatten(1).sum(1))
-        return rles, torch.cat(areas)
+        return rles, torch.cat(areas).cpu()
 
     # ------------------------------------------------------------------ post-processing
     def _remove_small_regions(self, data: dict[str, Any], orig_size: tuple[int, int]) -> dict[str, Any]:
@@ -501,7 +501,7 @@ def masks_to_rles(masks: torch.Tensor) -> list[dict[str, Any]]:
     """(K, H, W) bool -> COCO compressed RLEs (pycocotools' column-major layout)."""
     if not len(masks):
         return []
-    fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).numpy().transpose(2, 1, 0)
+    fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).cpu().numpy().transpose(2, 1, 0)
     rles = mask_utils.encode(fortran)
     return list(rles)
 
