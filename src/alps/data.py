@@ -19,6 +19,9 @@ from alps._fetch import cache_dir, extract_member, pip_download
 SAMPLE_WHEEL = "deepforest==2.1.0"
 _MEMBER_DIR = "deepforest/data/"
 
+GEOTIFF_SAMPLE = "OSBS_029.tif"
+"""400 x 400 px RGB GeoTIFF (EPSG:32617, 10 cm; the georeferenced twin of OSBS_029.png)."""
+
 SMALL_IMAGES = ("OSBS_029.png", "SOAP_031.png", "SOAP_061.png")
 """400 x 400 px tiles (the ones the tests use)."""
 MEDIUM_IMAGES = ("2019_YELL_2_541000_4977000_image_crop.png",)
@@ -81,6 +84,11 @@ def sample_images(
     if unknown:
         raise ValueError(f"unknown sample image(s) {unknown}; choose from {list(SAMPLE_IMAGES)}")
     return _extract(list(names), Path(dest) if dest is not None else default_dir())
+
+
+def sample_geotiff(dest: str | Path | None = None) -> Path:
+    """Path of the georeferenced NEON sample :data:`GEOTIFF_SAMPLE`, fetching the wheel on first use."""
+    return _extract([GEOTIFF_SAMPLE], Path(dest) if dest is not None else default_dir())[0]
 
 
 def parse_voc_boxes(path: str | Path) -> list[TreeBox]:

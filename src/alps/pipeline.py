@@ -118,6 +118,8 @@ class ImageRecord:
     overlay: str | None = None
     table: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    tiles: int | None = None  # scenes (large/georeferenced rasters) only: tiles, see alps.scenes
+    vector: str | None = None  # scenes only: polygons of the labelled regions
 
 
 @dataclass
@@ -638,6 +640,9 @@ def label(
     masks: str = "sam",
     force: bool = False,
     progress: bool = True,
+    bands: str | Sequence[int] | None = None,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
     **generator_kwargs: Any,
 ) -> LabelRun:
     """Turn the images under ``inputs`` into a pseudo-labelled dataset in ``out``.
@@ -662,6 +667,11 @@ def label(
         masks: ``"sam"`` or ``"slic"`` (ablation baseline, see the module docstring).
         force: discard earlier work made with other parameters instead of refusing.
         progress: show progress bars.
+        bands: the three bands (1-based, e.g. ``"4,3,2"``) of raster scenes shown to SAM as RGB,
+            or one band to replicate; default: the RGB-tagged bands, else bands 1-3.
+        tile_size, tile_overlap: tiling of raster scenes (GeoTIFFs that are georeferenced or
+            larger than one tile, see :mod:`alps.scenes`); default: from the model's input size
+            (:func:`alps.io.raster.default_tile_size`) and an eighth of a tile.
         **generator_kwargs: any other ``SamAutomaticMaskGenerator`` keyword (``pred_iou_thresh``,
             ``stability_score_thresh``, ``points_per_batch``, ``crop_n_layers``, ...), or for SLIC
             ``n_segments``, ``compactness``, ``sigma``. Unset ones take the generator's defaults
@@ -681,6 +691,15 @@ def label(
     if not 0.0 < area_threshold <= 1.0:
         raise ValueError(f"area_threshold must be in (0, 1], got {area_threshold}")
     _check_generator_kwargs(masks, generator_kwargs)
+    from alps.io.raster import parse_bands
+    from alps.scenes import TileSettings
+
+    band_list = parse_bands(bands)
+    if tile_size is not None and tile_size < 64:
+        raise ValueError(f"tile_size must be at least 64 px, got {tile_size}")
+    if tile_overlap is not None and not 0 <= tile_overlap < (tile_size or 512) / 2:
+        raise ValueError(f"tile_overlap must be in [0, tile_size/2), got {tile_overlap}")
+    tiling = TileSettings(band_list, tile_size, tile_overlap)
     input_list = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     out = Path(out).expanduser()
     check_output_dir(input_list, out)
@@ -702,6 +721,9 @@ def label(
         "seed": seed,
         "val_fraction": val_fraction,
         "generator_kwargs": _generator_settings(spec, prompt, masks, generator_kwargs),
+        "bands": list(band_list) if band_list is not None else None,
+        "tile_size": tile_size,
+        "tile_overlap": tile_overlap,
     }
     table_params = _table_params(spec, parameters)
     params_hash = _hash_json(table_params)
@@ -711,7 +733,7 @@ def label(
 
     with _log_to(out / "log.txt"):
         log.info("alps label %s: %d image(s) -> %s", __version__, len(files), out)
-        return _run(files, out, spec, parameters, table_params, params_hash, progress, t_start)
+        return _run(files, out, spec, parameters, table_params, params_hash, progress, t_start, tiling)
 
 
 def _run(
@@ -723,9 +745,24 @@ def _run(
     params_hash: str,
     progress: bool,
     t_start: float,
+    tiling: Any = None,
 ) -> LabelRun:
     from alps.cluster import assign_clusters, fit_clusters
+    from alps.io.raster import is_scene
+    from alps.scenes import (
+        TileSettings,
+        label_scene,
+        place_scene,
+        plan_scene,
+        scene_complete,
+        scene_tables,
+    )
     from alps.table import read_mask_table, table_rles
+
+    tiling = tiling if tiling is not None else TileSettings()
+    model_input = _model_input(spec)
+    plain_side = tiling.resolve(model_input)[0]
+    plans: dict[str, Any] = {}  # scene id -> alps.scenes.ScenePlan
 
     timer = _Timer()
     notes: list[str] = []
@@ -743,15 +780,25 @@ def _run(
                 continue
             state = _load_state(out / "state" / f"{item.id}.json")
             table = out / "tables" / f"{item.id}.parquet"
+            if is_scene(item.path, max_plain_side=plain_side, bands_given=tiling.bands is not None):
+                try:
+                    plans[item.id] = plan = plan_scene(item.path, tiling, model_input)
+                except Exception as err:  # rasterio raises many types for unreadable rasters
+                    record.status, record.error = "failed", f"{item.path}: cannot read raster ({err})"
+                    continue
+                done = scene_complete(out, item.id, plan) and (state or {}).get("scene") == plan.settings()
+            else:
+                done = table.exists()
             if (
                 state is not None
                 and state.get("status") == "ok"
                 and state.get("params_hash") == params_hash
                 and state.get("sha256") == record.sha256
-                and table.exists()
+                and done
             ):
                 for key in _STATE_FIELDS:
                     setattr(record, key, state[key])
+                record.tiles = state.get("tiles")
                 record.status, record.resumed = "ok", True
             else:
                 todo.append(item)
@@ -777,7 +824,10 @@ def _run(
                 record = records[item.id]
                 state_path = out / "state" / f"{item.id}.json"
                 try:
-                    _process_image(item, record, source, out, p["area_threshold"], p["min_area"])
+                    if item.id in plans:
+                        _process_scene(item, record, plans[item.id], source, out, p, params_hash, progress)
+                    else:
+                        _process_image(item, record, source, out, p["area_threshold"], p["min_area"])
                 except ImageReadError as err:
                     record.status, record.error = "failed", str(err)
                     log.warning("skipped %s", err)
@@ -809,18 +859,31 @@ def _run(
                         "n_masks": record.n_masks,
                         "n_masks_kept": record.n_masks_kept,
                         "seconds": record.seconds,
+                        **(
+                            {"tiles": record.tiles, "scene": plans[item.id].settings()}
+                            if item.id in plans
+                            else {}
+                        ),
                     },
                 )
                 log.info("%s: %d masks, %d kept", item.id, record.n_masks, record.n_masks_kept)
 
     ok = [f for f in files if records[f.id].status == "ok"]
-    keep_tables = {out / "tables" / f"{f.id}.parquet" for f in ok}
+    keep_tables = {out / "tables" / f"{f.id}.parquet" for f in ok if f.id not in plans}
+    for f in ok:
+        if f.id in plans and (out / "tables" / f.id).is_dir():
+            keep_tables.update(path for path in (out / "tables" / f.id).iterdir())
     keep_states = {out / "state" / f"{f.id}.json" for f in files}
     _remove_stale(out / "tables", keep_tables)  # tables of images no longer among the inputs
     _remove_stale(out / "state", keep_states)
 
     # stage 5
-    table_paths = [out / "tables" / f"{f.id}.parquet" for f in ok]
+    table_paths = []
+    for f in ok:
+        if f.id in plans:
+            table_paths.extend(scene_tables(out, f.id, plans[f.id]))
+        else:
+            table_paths.append(out / "tables" / f"{f.id}.parquet")
     assignments: dict[str, np.ndarray] = {}
     k_used = 0
     cluster_meta: dict[str, Any] = {}
@@ -846,10 +909,32 @@ def _run(
     splits = _split_ids([f.id for f in ok], p["val_fraction"], p["seed"])
     class_pixels = np.zeros(max(k_used, 1), dtype=np.int64)
     produced: set[Path] = set()
+    predict = model.predict if table_paths and k_used else None
     with timer("labels"):
         for item in tqdm(ok, desc="labels", unit="image", disable=not progress):
             record = records[item.id]
             split = record.split = splits[item.id]
+            if item.id in plans:
+                try:
+                    made = label_scene(
+                        item.id, plans[item.id], out, split, assignments, predict, k_used, colours
+                    )
+                    image_path = place_scene(
+                        item.path, out / "images" / split / f"{item.id}{item.path.suffix}"
+                    )
+                except Exception as err:  # the raster changed or vanished since stage 1
+                    record.status, record.error = "failed", f"{item.path}: {type(err).__name__}: {err}"
+                    continue
+                produced.update({made["label"], made["overlay"], made["vector"], image_path})
+                counts = made["counts"]
+                record.n_labelled_pixels = int(counts.sum())
+                class_pixels[: counts.size] += counts
+                record.image = image_path.relative_to(out).as_posix()
+                record.label = made["label"].relative_to(out).as_posix()
+                record.overlay = made["overlay"].relative_to(out).as_posix()
+                record.vector = made["vector"].relative_to(out).as_posix()
+                record.table = f"tables/{item.id}"
+                continue
             try:
                 loaded = load_image(item.path)
             except ImageReadError as err:  # changed or vanished since stage 1
@@ -878,7 +963,30 @@ def _run(
             record.label = label_path.relative_to(out).as_posix()
             record.overlay = overlay_path.relative_to(out).as_posix()
             record.table = f"tables/{item.id}.parquet"
-    for folder in ("labels", "images", "overlays"):
+    plain_ok = [f for f in ok if f.id not in plans and records[f.id].status == "ok"]
+    if plain_ok and k_used:
+        from alps.exports import write_coco_instances
+
+        coco_path = out / "coco" / "instances.json"
+        coco_images = [
+            {
+                "id": f.id,
+                "file_name": records[f.id].image,
+                "height": records[f.id].height,
+                "width": records[f.id].width,
+            }
+            for f in plain_ok
+        ]
+        with timer("coco"):
+            write_coco_instances(
+                coco_path,
+                coco_images,
+                [out / "tables" / f"{f.id}.parquet" for f in plain_ok],
+                assignments,
+                k_used,
+            )
+        produced.add(coco_path)
+    for folder in ("labels", "images", "overlays", "vectors", "coco"):
         _remove_stale(out / folder, produced)
 
     ok_ids = [f.id for f in ok if records[f.id].status == "ok"]
@@ -915,6 +1023,70 @@ def _run(
         timings["total"],
     )
     return run
+
+
+def _model_input(spec: _ModelSpec) -> int:
+    """Longest side of the model's encoder input (sets the default tile size of scenes)."""
+    if spec.module is not None:
+        return int(getattr(getattr(spec.module, "image_encoder", None), "img_size", 1024))
+    return 256 if spec.name == "litemedsam" else 1024
+
+
+def _process_scene(
+    item: ImageFile,
+    record: ImageRecord,
+    plan: Any,
+    source: MaskSource,
+    out: Path,
+    p: dict[str, Any],
+    params_hash: str,
+    progress: bool,
+) -> None:
+    """Stages 1-4 for a raster scene, tile by tile (:mod:`alps.scenes`); fills ``record``."""
+    from alps.scenes import process_scene
+
+    marker = out / "tables" / item.id / "plan.json"
+    settings = {**plan.settings(), "sha256": record.sha256, "params_hash": params_hash}
+    old = _load_state(marker)
+    start = time.perf_counter()
+    from rasterio.errors import RasterioError
+
+    try:
+        done = process_scene(
+            item.id,
+            plan,
+            source,
+            out,
+            p["area_threshold"],
+            p["min_area"],
+            fresh=old != settings,
+            progress=progress,
+        )
+    except (RasterioError, OSError) as err:
+        raise ImageReadError(f"{item.path}: cannot read raster tile ({err})") from err
+    _write_json(marker, settings)
+    scene = plan.scene
+    record.height, record.width = scene.height, scene.width
+    record.source_mode = f"{'/'.join(sorted(set(scene.dtypes)))}x{scene.count}"
+    notes = [f"bands {','.join(str(b) for b in scene.bands)} of {scene.count}"]
+    if plan.stretch.low is not None:
+        lo, hi = plan.stretch.percentiles
+        notes.append(f"stretched per band ({lo:g}-{hi:g}%, whole-scene sample)")
+    notes.append(f"tiled {plan.tile_size} px, overlap {plan.tile_overlap} px")
+    record.conversion = notes
+    record.tiles = len(plan.tiles)
+    import pyarrow.parquet as pq
+
+    from alps.scenes import scene_tables
+
+    # generated masks: tiles done by this call only; kept masks: every tile table of the scene
+    record.n_masks = done["n_masks"]
+    record.n_masks_kept = sum(pq.ParquetFile(t).metadata.num_rows for t in scene_tables(out, item.id, plan))
+    tile_seconds = done["tile_seconds"]
+    record.seconds = {
+        "total": round(time.perf_counter() - start, 3),
+        "per_tile": round(float(np.mean(tile_seconds)), 3) if tile_seconds else 0.0,
+    }
 
 
 def _class_counts(label_map: np.ndarray, k: int) -> np.ndarray:

@@ -49,6 +49,33 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="discard earlier work in DIR made with other settings instead of refusing",
     )
+    raster = parser.add_argument_group(
+        "raster scenes",
+        "GeoTIFFs that are georeferenced or larger than one tile are read tile by tile (memory bounded by "
+        "the tile) and get a label GeoTIFF with the same CRS and transform, a preview and polygons "
+        "(vectors/*.geojson)",
+    )
+    raster.add_argument(
+        "--bands",
+        default=None,
+        metavar="B,B,B",
+        help="1-based bands shown to SAM as RGB, e.g. 4,3,2 (one band is replicated; default: the RGB-tagged "
+        "bands, else 1,2,3); non-8-bit bands get a per-band 2-98%% stretch estimated on the whole scene",
+    )
+    raster.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="tile side in pixels (default: 1024 for SAM/MobileSAM, 512 for LiteMedSAM)",
+    )
+    raster.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="overlap of neighbouring tiles in pixels (default: tile size / 8)",
+    )
     parser.set_defaults(func=label_command)
 
     demo = subparsers.add_parser(
@@ -206,6 +233,9 @@ def label_command(args: argparse.Namespace) -> int:
         masks=args.masks,
         force=args.force,
         progress=args.progress,
+        bands=args.bands,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
         **extra,
     )
 

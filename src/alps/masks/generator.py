@@ -6,12 +6,15 @@ the same defaults and meaning and returns the same records. Two modes:
 ``mode="exact"``
     The official algorithm step by step (grid of prompts per crop, IoU filter, stability filter,
     crop-edge filter, box NMS per crop and across crops, optional small-region clean-up), with the
-    decoder of :mod:`alps.masks.decoder` and post-processing only of masks that can survive.
-    Results equal the official generator's up to floating-point rounding.
+    encoder's own forward, the decoder of :mod:`alps.masks.decoder` and post-processing only of
+    masks that can survive. Results equal the official generator's up to floating-point rounding
+    in the decoder (logit differences ~1e-6 relative).
 
 ``mode="fast"``
-    Like exact, but the stability score, boxes, crop-edge test and NMS are computed on the
-    256x256 low-resolution logits, and only NMS survivors are upsampled, in one step, to the image.
+    Like exact, but the ViT encoder runs its attention through PyTorch's fused kernel
+    (:mod:`alps.models.vit_fast`), and the stability score, boxes, crop-edge test and NMS are
+    computed on the 256x256 low-resolution logits; only NMS survivors are upsampled, in one step,
+    to the image.
     Masks that survive NMS differ from exact mode only near decision thresholds; recall against
     exact mode is measured by ``benchmarks/amg_speed.py``.
 
@@ -224,7 +227,11 @@ class MaskGenerator:
         resized = self.transform.apply_image(crop)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         input_size = (int(x.shape[-2]), int(x.shape[-1]))
-        embedding = encode_image(self.model.image_encoder, self.model.preprocess(x))
+        pixels = self.model.preprocess(x)
+        # exact: the encoder module's own forward, so embeddings are bit-identical to the official
+        # generator's; fast: the fused-attention ViT forward (same maths, different rounding)
+        encoder = self.model.image_encoder
+        embedding = encode_image(encoder, pixels) if self.mode == "fast" else encoder(pixels)
         return embedding, input_size
 
     def _prompts(self, layer: int, crop_size: tuple[int, int]) -> np.ndarray:

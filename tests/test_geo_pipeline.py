@@ -1,0 +1,176 @@
+"""``alps label`` on GeoTIFF scenes: real NEON imagery and rasters built from it.
+
+Masks come from SLIC (deterministic, plenty of them, many crossing tile borders) with the tiny
+random SAM of ``test_pipeline`` as the encoder, so the tiling, merging, stitching and exports are
+tested in seconds; the mask source itself is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.features import rasterize
+
+from alps.io.raster import plan_tiles
+from alps.pipeline import label
+from alps.tiles import TileMasks, link_pair
+from tests.test_pipeline import tiny_sam
+
+FAST: dict[str, Any] = {"masks": "slic", "points_per_side": 6, "clusters": 4, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def neon(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from alps._fetch import FetchError
+    from alps.data import sample_geotiff
+
+    try:
+        return sample_geotiff(tmp_path_factory.mktemp("neon"))
+    except FetchError as err:
+        pytest.skip(f"cannot fetch the deepforest wheel: {err}")
+
+
+def _mirror_2x2(neon: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    with rasterio.open(neon) as src:
+        a, profile = src.read(), src.profile
+    top = np.concatenate([a, a[:, :, ::-1]], axis=2)
+    return np.concatenate([top, top[:, ::-1]], axis=1), profile
+
+
+def _write(path: Path, data: np.ndarray, profile: dict[str, Any], **changes: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof = {**profile, "height": data.shape[1], "width": data.shape[2], "count": data.shape[0]}
+    prof.update(dtype=data.dtype.name, tiled=True, blockxsize=256, blockysize=256, **changes)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+    return path
+
+
+def _check_vectors(run_out: Path, image_id: str, label_path: Path) -> None:
+    """Rasterising the polygons reproduces the label raster up to boundary pixels."""
+    collection = json.loads((run_out / "vectors" / f"{image_id}.geojson").read_text())
+    with rasterio.open(label_path) as src:
+        labels, transform, shape = src.read(1), src.transform, (src.height, src.width)
+    shapes = [(f["geometry"], f["properties"]["cluster"]) for f in collection["features"]]
+    assert shapes and all(f["properties"]["area"] > 0 for f in collection["features"])
+    burned = rasterize(shapes, out_shape=shape, transform=transform, fill=255, dtype="int32")
+    assert (burned == labels).mean() > 0.99
+
+
+def test_real_geotiff_keeps_crs_transform_and_vectors_round_trip(neon: Path, tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "OSBS_029.tif").write_bytes(neon.read_bytes())
+    run = label(inp, tmp_path / "out", model=tiny_sam(), **FAST)
+    record = run.images[0]
+    assert record.status == "ok" and record.tiles == 1 and record.label == "labels/train/OSBS_029.tif"
+    with rasterio.open(neon) as src, rasterio.open(tmp_path / "out" / record.label) as lab:
+        assert lab.crs == src.crs and lab.transform == src.transform and lab.shape == src.shape
+        assert lab.profile["tiled"] and lab.profile["compress"] == "deflate" and lab.nodata == 255
+        labels = lab.read(1)
+    assert (labels != 255).mean() > 0.5
+    assert (tmp_path / "out" / "overlays" / "OSBS_029.jpg").stat().st_size > 0
+    _check_vectors(tmp_path / "out", "OSBS_029", tmp_path / "out" / record.label)
+    crs = json.loads((tmp_path / "out" / "vectors" / "OSBS_029.geojson").read_text())["crs"]
+    assert crs["properties"]["name"].endswith("32617")
+
+
+def test_large_scene_tiles_merges_and_resumes(neon: Path, tmp_path: Path) -> None:
+    data, profile = _mirror_2x2(neon)
+    scene = _write(tmp_path / "in" / "scene.tif", data, profile)
+    out = tmp_path / "out"
+    opts = {**FAST, "tile_size": 256, "tile_overlap": 48}
+    run = label(scene, out, model=tiny_sam(), **opts)
+    record = run.images[0]
+    assert record.tiles == len(plan_tiles(800, 800, 256, 48)) == 16
+    assert len(list((out / "tables" / "scene").glob("*.parquet"))) == 16
+    with rasterio.open(out / record.label) as lab:
+        labels = lab.read(1)
+        assert lab.transform == profile["transform"] and lab.crs == profile["crs"]
+    assert (labels != 255).mean() > 0.5
+    # no seams: along every core boundary, labels agree across the line as often as elsewhere
+    bounds = sorted({t.core[1] for t in plan_tiles(800, 800, 256, 48)} - {800})
+    across = np.mean([(labels[:, b - 1] == labels[:, b]).mean() for b in bounds])
+    inside = np.mean([(labels[:, b - 1] == labels[:, b]).mean() for b in (100, 300, 500, 700)])
+    assert across > inside - 0.15
+    _check_vectors(out, "scene", out / record.label)
+    before = (out / record.label).read_bytes()
+    # interrupted run: drop two tile tables and the state; the rerun redoes only those tiles
+    for name in ("r0001_c0001.parquet", "r0002_c0003.parquet"):
+        (out / "tables" / "scene" / name).unlink()
+    (out / "state" / "scene.json").unlink()
+    again = label(scene, out, model=tiny_sam(), **opts)
+    assert again.images[0].status == "ok" and again.images[0].n_masks > 0
+    assert (out / record.label).read_bytes() == before
+    third = label(scene, out, model=tiny_sam(), **opts)
+    assert third.images[0].resumed and (out / record.label).read_bytes() == before
+
+
+def test_object_cut_by_tile_border_is_one_mask() -> None:
+    from pycocotools import mask as mask_utils
+
+    a_tile, b_tile = plan_tiles(128, 224, 128, 32)  # overlap strip: x in [96, 128)
+    disc = np.zeros((128, 224), bool)
+    yy, xx = np.mgrid[:128, :224]
+    disc[(yy - 64) ** 2 + (xx - 112) ** 2 < 50**2] = True  # wider than the overlap
+
+    def masks(tile: Any) -> TileMasks:
+        part = disc[:, tile.x0 : tile.x1]
+        rle = mask_utils.encode(np.asfortranarray(part.astype(np.uint8)))
+        rle = {"size": list(rle["size"]), "counts": rle["counts"].decode()}
+        bbox = np.asarray([mask_utils.toBbox(rle)], np.float64)
+        return TileMasks(tile, [rle], bbox, np.array([part.sum()]), np.array([0]))
+
+    assert link_pair(masks(a_tile), masks(b_tile)) == [(0, 0)]
+
+
+def test_uint16_multispectral_nodata_and_band_choice(neon: Path, tmp_path: Path) -> None:
+    with rasterio.open(neon) as src:
+        rgb, profile = src.read().astype(np.uint16), src.profile
+    nir = (rgb.mean(axis=0, keepdims=True) * 1.5).astype(np.uint16)
+    data = np.concatenate([rgb[2:3], rgb[1:2], rgb[0:1], nir, nir // 2]) * 40 + 100  # B, G, R, NIR, SWIR
+    data[:, :, :40] = 0  # nodata border
+    data[:, -30:, :] = 0
+    scene = _write(tmp_path / "in" / "ms.tif", data.astype(np.uint16), profile, nodata=0)
+    run = label(scene, tmp_path / "out", model=tiny_sam(), bands="3,2,1", **FAST)
+    record = run.images[0]
+    assert record.status == "ok" and "bands 3,2,1 of 5" in record.conversion
+    assert any("stretched per band" in note for note in record.conversion)
+    with rasterio.open(tmp_path / "out" / record.label) as lab:
+        labels = lab.read(1)
+        assert lab.crs == profile["crs"] and lab.transform == profile["transform"]
+    assert (labels[:, :40] == 255).all() and (labels[-30:] == 255).all()
+    assert (labels[:-30, 40:] != 255).mean() > 0.2
+
+
+def test_rotated_transform_other_crs(neon: Path, tmp_path: Path) -> None:
+    with rasterio.open(neon) as src:
+        data, profile = src.read(), src.profile
+    transform = Affine.translation(1_000_000, 5_000_000) * Affine.rotation(20) * Affine.scale(0.3, -0.3)
+    scene = _write(tmp_path / "in" / "rot.tif", data, profile, crs="EPSG:3035", transform=transform)
+    run = label(scene, tmp_path / "out", model=tiny_sam(), **FAST)
+    with rasterio.open(tmp_path / "out" / run.images[0].label) as lab:
+        assert lab.transform == transform and lab.crs == rasterio.crs.CRS.from_epsg(3035)
+    _check_vectors(tmp_path / "out", "rot", tmp_path / "out" / run.images[0].label)
+
+
+def test_plain_images_get_coco_instances(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.test_pipeline import synthetic_image
+
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic_image(i)).save(tmp_path / "in" / f"img_{i}.png")
+    run = label(tmp_path / "in", tmp_path / "out", model=tiny_sam(), **FAST)
+    coco = json.loads((tmp_path / "out" / "coco" / "instances.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == [r.image for r in run.images]
+    assert len(coco["categories"]) == run.clusters
+    assert len(coco["annotations"]) == sum(r.n_masks_kept for r in run.images)
+    assert all(r.label and r.label.endswith(".png") and r.tiles is None for r in run.images)
