@@ -54,7 +54,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -70,6 +69,7 @@ from tqdm.auto import tqdm
 from alps import __version__
 from alps.io.images import ImageFile, ImageReadError, LoadedImage, find_images, load_image
 from alps.masks.types import Geometry, MaskResult
+from alps.table import atomic_path
 
 log = logging.getLogger("alps.pipeline")
 
@@ -194,33 +194,12 @@ class LabelRun:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _write_json(path: Path, data: Any) -> None:
     _atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path with the same suffix beside ``path``, moved onto it on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sha256_file(path: Path) -> str:
@@ -602,11 +581,11 @@ def _place_image(item: ImageFile, loaded: LoadedImage, dest_dir: Path) -> Path:
         try:
             os.link(item.path, dest)
         except OSError:  # other filesystem, or links not allowed
-            with _atomic_target(dest) as tmp:
+            with atomic_path(dest) as tmp:
                 shutil.copy2(item.path, tmp)
         return dest
     dest = dest_dir / f"{item.id}.png"
-    with _atomic_target(dest) as tmp:
+    with atomic_path(dest) as tmp:
         Image.fromarray(loaded.pixels).save(tmp, format="PNG")
     return dest
 
