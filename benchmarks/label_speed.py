@@ -82,9 +82,9 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import StageTimer, bench_sam, emit, machine_info
+from _common import bench_sam, emit, machine_info
 from alps.data import sample_images
-from alps.pipeline import label
+from alps.pipeline import StageTimer, label
 from alps.table import read_mask_table, table_rles
 
 RESEARCH_BATCH = 512  # MiniBatchKMeans batch size of the recipe

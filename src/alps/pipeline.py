@@ -251,7 +251,9 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-class _Timer:
+class StageTimer:
+    """Accumulates wall-clock seconds per named stage: ``with timer("masks"): ...``."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
@@ -263,8 +265,12 @@ class _Timer:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def rounded(self) -> dict[str, float]:
-        return {k: round(v, 3) for k, v in self.seconds.items()}
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def rounded(self, digits: int = 3) -> dict[str, float]:
+        return {k: round(v, digits) for k, v in self.seconds.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,7 +527,7 @@ def _process_image(
     from alps.features import filter_masks, pool_mask_features
     from alps.table import write_mask_table
 
-    timer = _Timer()
+    timer = StageTimer()
     with timer("read"):
         loaded = load_image(item.path)
     pixels = loaded.pixels
@@ -743,7 +749,7 @@ def _run(
     plain_side = tiling.resolve(model_input)[0]
     plans: dict[str, Any] = {}  # scene id -> alps.scenes.ScenePlan
 
-    timer = _Timer()
+    timer = StageTimer()
     notes: list[str] = []
     records = {f.id: ImageRecord(id=f.id, source=str(f.path), relpath=f.relpath) for f in files}
 
