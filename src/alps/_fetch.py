@@ -40,12 +40,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
+def pip_download(requirement: str, dest: Path | None = None, *, sdist: bool = False) -> Path:
     """Download one distribution (no dependencies) with pip into ``dest``; return the archive path.
 
     ``requirement`` must pin a version (``name==x.y.z``) so the result is reproducible.
-    Re-uses an archive already in ``dest``.
+    ``dest`` defaults to ``cache_dir()/downloads``, the one folder every alps fetch shares, so an
+    archive is downloaded once whoever asks for it. Re-uses an archive already in ``dest``.
     """
+    if dest is None:
+        dest = cache_dir() / "downloads"
     if "==" not in requirement:
         raise ValueError(f"pin the version of {requirement!r} (name==version)")
     name, version = requirement.split("==", 1)

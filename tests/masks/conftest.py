@@ -21,7 +21,7 @@ SAMPLE_WHEEL = "deepforest==2.1.0"
 def _fetch(requirement: str, member: str) -> Path:
     root = cache_dir() / "test-assets"
     try:
-        archive = pip_download(requirement, root / "packages")
+        archive = pip_download(requirement)
     except FetchError as err:  # registry unreachable: the only allowed reason to skip
         print(f"SKIP: {err}")
         pytest.skip(f"package index unreachable: {requirement}")

@@ -42,7 +42,6 @@ class ImageContext:
     """Prompt-independent decoder tensors for one image embedding."""
 
     keys: Tensor  # (1, N, C) embedding + dense no-mask prompt embedding
-    key_pe: Tensor  # (1, N, C) dense positional encoding
     layer0_k: Tensor  # (H, N, d) token->image keys of layer 0
     layer0_v: Tensor  # (H, N, d) token->image values of layer 0
     layer0_q: Tensor  # (H, N, d) image->token queries of layer 0
@@ -87,7 +86,6 @@ class ImageContext:
             )
         return cls(
             keys=keys,
-            key_pe=key_pe,
             layer0_k=split(t2i.k_proj(keys_pe), t2i),
             layer0_v=split(t2i.v_proj(keys), t2i),
             layer0_q=split(i2t.q_proj(keys_pe), i2t),

