@@ -7,7 +7,8 @@ for the mask source, the gate and the features, with its own mask table::
     DIR/tables/<scene id>/<tile key>.empty     marker: the tile holds no valid pixel
     DIR/labels/<split>/<scene id>.tif          stitched label raster (CRS, transform, size of the scene)
     DIR/overlays/<scene id>.jpg                decimated colour preview
-    DIR/vectors/<scene id>.geojson             polygons of the labelled regions (cluster, area)
+    DIR/vectors/<scene id>.gpkg                polygons of the labelled regions (cluster, area, pixels);
+    DIR/vectors/<scene id>.geojson             GeoPackage, GeoJSON or both (``vector_format``)
 
 Tables are written atomically, so an interrupted run resumes at the first missing tile. Which
 masks a tile keeps, how cut objects merge and how the raster is painted: :mod:`alps.tiles`.
@@ -30,6 +31,7 @@ from alps.io.raster import (
     BandStretch,
     Scene,
     Tile,
+    bounded_gdal_cache,
     default_tile_overlap,
     default_tile_size,
     estimate_stretch,
@@ -84,7 +86,8 @@ def plan_scene(path: Path, settings: TileSettings, model_input: int) -> ScenePla
     scene = open_scene(path, settings.bands)
     size, overlap = settings.resolve(model_input)
     tiles = plan_tiles(scene.height, scene.width, size, overlap)
-    stretch = estimate_stretch(path, scene.bands)
+    with bounded_gdal_cache():
+        stretch = estimate_stretch(path, scene.bands)
     return ScenePlan(scene, tiles, stretch, size, overlap)
 
 
@@ -136,7 +139,7 @@ def process_scene(
     )  # fmt: skip
     n_masks = n_kept = 0
     seconds: list[float] = []
-    with rasterio.open(s.path) as src:
+    with bounded_gdal_cache(), rasterio.open(s.path) as src:
         for tile in tqdm(todo, desc=f"tiles {scene_id}", unit="tile", disable=not progress or len(todo) < 2):
             start = time.perf_counter()
             rgb, valid = read_tile(src, tile, plan.stretch)
@@ -206,12 +209,23 @@ def label_scene(
     predict: Callable[[np.ndarray], np.ndarray] | None,
     k: int,
     colours: Any,
+    vector_format: str = "gpkg",
 ) -> dict[str, Any]:
     """Stage 6 for a scene: label GeoTIFF (windowed writes), overlay preview, vectors.
 
+    Memory is bounded by the blocks and two tile rows of mask tables, never the scene: the label
+    raster is painted and written block by block, the overlay's label thumbnail is sampled from
+    those blocks, and the polygons are traced and streamed per block of the written raster.
+
     Returns paths (relative to ``out``), per-class pixel counts and the number of merged objects.
     """
-    from alps.exports import save_scene_overlay, write_label_geotiff, write_label_vectors
+    from alps.exports import (
+        DecimatedPreview,
+        save_scene_overlay,
+        vector_suffixes,
+        write_label_geotiff,
+        write_label_vectors,
+    )
     from alps.tiles import TileMasks, apply_links, link_scene, paint_block
 
     links = link_scene(plan.tiles, _loader(out, scene_id, assignments, True), predict) if predict else {}
@@ -232,25 +246,31 @@ def label_scene(
 
     dtype = "uint16" if k > 255 else "uint8"
     counts = np.zeros(max(k, 1), dtype=np.int64)
+    s = plan.scene
+    preview = DecimatedPreview(s.height, s.width, dtype)
 
-    def count(values: np.ndarray) -> None:
+    def on_block(box: tuple[int, int, int, int], values: np.ndarray) -> None:
         from alps.labels import label_value_to_cluster
 
         c = label_value_to_cluster(values).reshape(-1)
         c = c[(c >= 0) & (c < counts.size)]
         counts[:] += np.bincount(c, minlength=counts.size)[: counts.size]
+        preview.add(box, values)
 
-    s = plan.scene
     label_path = out / "labels" / split / f"{scene_id}.tif"
-    write_label_geotiff(label_path, s.height, s.width, s.crs, s.transform, dtype, paint, on_block=count)
     overlay_path = out / "overlays" / f"{scene_id}.jpg"
-    save_scene_overlay(overlay_path, s.path, label_path, plan.stretch, colours)
-    vector_path = out / "vectors" / f"{scene_id}.geojson"
-    n_polygons = write_label_vectors(label_path, vector_path)
+    vector_paths = [out / "vectors" / f"{scene_id}{suffix}" for suffix in vector_suffixes(vector_format)]
+    with bounded_gdal_cache():
+        write_label_geotiff(
+            label_path, s.height, s.width, s.crs, s.transform, dtype, paint, on_block=on_block
+        )
+        save_scene_overlay(overlay_path, s.path, preview.array, plan.stretch, colours)
+        n_polygons = write_label_vectors(label_path, vector_paths)
     return {
         "label": label_path,
         "overlay": overlay_path,
-        "vector": vector_path,
+        "vector": vector_paths[0],
+        "vectors": vector_paths,
         "counts": counts[:k],
         "linked_masks": len(links),
         "polygons": n_polygons,

@@ -7,12 +7,15 @@ Rules (so one object is one mask and the stitched label raster has no seams):
 2. *ownership*: a mask is kept only by the tile whose core (:class:`alps.io.raster.Tile`) contains
    the centre of its bounding box, in scene pixels. An object lying across a tile border but
    inside the overlap is seen whole by both tiles; exactly one of them keeps it.
-3. *merging*: an object larger than the overlap is cut by both tiles' borders, and each may keep
-   its part. Two kept masks of horizontally or vertically neighbouring tiles that both touch their
-   shared cut edge are linked when their IoU inside the overlap strip is at least
-   :data:`LINK_IOU`; linked masks (transitively) form one object, which gets one cluster (the
-   nearest centre to the area-weighted mean of the parts' features) and paints as one layer (its
-   total area decides the painting order).
+3. *merging*: an object larger than the overlap is cut by the tiles' borders, and each tile may
+   keep its part. Two kept masks of overlapping tiles (the eight neighbours: side by side, one
+   above the other, or diagonal, where the windows share only a corner square) are linked when
+   each touches a border of its tile that the other tile's window extends beyond, and their IoU
+   inside the windows' intersection is at least :data:`LINK_IOU`. Links are joined by union-find,
+   so the parts of an object crossing a tile corner (up to four tiles) form one object even when
+   the gate dropped the small pieces of the side neighbours and only the diagonal pair is left.
+   The object gets one cluster (the nearest centre to the area-weighted mean of the parts'
+   features) and paints as one layer (its total area decides the painting order).
 4. *painting*: the label of a pixel depends only on the set of kept masks of the whole scene
    (largest object first, ties by tile then mask order), so the raster can be painted block by
    block in any order with windowed writes and still has no seams.
@@ -117,17 +120,28 @@ def _strip(mask_rle: dict[str, Any], tile: Tile, box: tuple[int, int, int, int])
     return dense[y0 - tile.y0 : y1 - tile.y0, x0 - tile.x0 : x1 - tile.x0]
 
 
+def _cut_sides(tile: Tile, other: Tile) -> list[str]:
+    """Edges of ``tile`` beyond which ``other``'s window goes on (where ``tile`` cuts an object)."""
+    sides = []
+    if other.x1 > tile.x1:
+        sides.append("right")
+    if other.x0 < tile.x0:
+        sides.append("left")
+    if other.y1 > tile.y1:
+        sides.append("bottom")
+    if other.y0 < tile.y0:
+        sides.append("top")
+    return sides
+
+
 def link_pair(a: TileMasks, b: TileMasks, *, min_iou: float = LINK_IOU) -> list[tuple[int, int]]:
-    """Linked ``(mask of a, mask of b)`` pairs for ``b`` right of or below ``a`` (rule 3)."""
+    """Linked ``(mask of a, mask of b)`` pairs of two overlapping tiles, any relative position (rule 3)."""
     ta, tb = a.tile, b.tile
-    if ta.row == tb.row:
-        side_a, side_b = "right", "left"
-    else:
-        side_a, side_b = "bottom", "top"
     box = (max(ta.y0, tb.y0), min(ta.y1, tb.y1), max(ta.x0, tb.x0), min(ta.x1, tb.x1))
     if box[1] <= box[0] or box[3] <= box[2]:
         return []
-    ia, ib = _touching(a, side_a), _touching(b, side_b)
+    ia = sorted({i for side in _cut_sides(ta, tb) for i in _touching(a, side)})
+    ib = sorted({j for side in _cut_sides(tb, ta) for j in _touching(b, side)})
     if not ia or not ib:
         return []
     strips_a = {i: _strip(a.rles[i], ta, box) for i in ia}
@@ -150,12 +164,12 @@ def link_scene(
     *,
     min_iou: float = LINK_IOU,
 ) -> dict[tuple[str, int], tuple[int, int]]:
-    """Linked groups of a scene's kept masks (rule 3), streaming over tile rows.
+    """Linked groups of a scene's kept masks (rule 3): union-find over every overlapping tile pair.
 
     Args:
         tiles: the scene's tiles, row-major (:func:`alps.io.raster.plan_tiles`).
-        load: reads one tile's kept masks with ``features``; called once per tile, and at most
-            two tile rows are held at a time.
+        load: reads one tile's kept masks with ``features``; called once per tile, and only the
+            tiles whose windows reach the current row are held (two tile rows).
         predict: ``(n, C)`` features -> ``(n,)`` cluster ids.
 
     Returns:
@@ -169,23 +183,24 @@ def link_scene(
             x = parent[x]
         return x
 
-    held: dict[tuple[int, int], TileMasks] = {}
+    held: list[TileMasks] = []
     for tile in tiles:
-        if tile.col == 0:  # a new row: forget rows above the previous one
-            held = {pos: m for pos, m in held.items() if pos[0] >= tile.row - 1}
+        # rows are planned top to bottom: a window ending above this tile overlaps no later tile
+        held = [m for m in held if m.tile.y1 > tile.y0]
         current = load(tile)
-        held[(tile.row, tile.col)] = current
-        for pos in ((tile.row, tile.col - 1), (tile.row - 1, tile.col)):
-            other = held.get(pos)
-            if other is None:
+        # every earlier tile whose window overlaps this one: left, above, and both diagonals
+        for other in held:
+            t = other.tile
+            if t.x1 <= tile.x0 or t.x0 >= tile.x1:
                 continue
             for i, j in link_pair(other, current, min_iou=min_iou):
-                a, b = (other.tile.key, i), (tile.key, j)
+                a, b = (t.key, i), (tile.key, j)
                 for node, masks, k in ((a, other, i), (b, current, j)):
                     info[node] = (int(masks.areas[k]), np.asarray(masks.features)[k])
                 ra, rb = find(a), find(b)
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)
+        held.append(current)
     groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
     for node in info:
         groups.setdefault(find(node), []).append(node)

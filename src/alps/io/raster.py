@@ -41,6 +41,7 @@ __all__ = [
     "BandStretch",
     "Scene",
     "Tile",
+    "bounded_gdal_cache",
     "default_tile_overlap",
     "default_tile_size",
     "estimate_stretch",
@@ -54,6 +55,21 @@ __all__ = [
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE_PIXELS = 1 << 20  # pixels of the decimated read the percentiles come from
 RASTER_SUFFIXES = (".tif", ".tiff")
+GDAL_CACHE_BYTES = 128 << 20  # GDAL's block cache during scene work (its default: 5 % of the RAM)
+
+
+def bounded_gdal_cache() -> Any:
+    """A :class:`rasterio.Env` capping GDAL's block cache at :data:`GDAL_CACHE_BYTES`.
+
+    A decimated read of a scene without overviews (stretch, preview) decodes every block, and GDAL
+    keeps decoded blocks up to its cache size, by default 5 % of the RAM: on a large machine a
+    whole 20000 x 20000 scene. Tiles are read once each, so a small cache costs nothing. (rasterio
+    passes an integer to GDAL as bytes: a value meant as megabytes would disable the cache, and a
+    decimated read would then decode a block per pixel.)
+    """
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 def default_tile_size(model_input: int) -> int:
