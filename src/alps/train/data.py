@@ -1,12 +1,14 @@
 """Dataset readers (alps label, mmsegmentation, image/mask folders), augmentation and normalisation.
 
-Three on-disk layouts are read; ``layout="auto"`` picks by the folders it finds:
+Four on-disk layouts are read; ``layout="auto"`` picks by the folders it finds:
 
 * ``alps``  — ``images/{train,val}/<id>.<ext>``, ``labels/{train,val}/<id>.png``, ``manifest.json``
   (``num_classes``, ``ignore_index``); split sub-folders are optional.
 * ``mmseg`` — ``img_dir/{train,val}``, ``ann_dir/{train,val}``.
 * ``folders`` — ``images/`` and ``masks/`` (optionally with ``train``/``val`` sub-folders) plus a class
   map file (``value -> name``) that also remaps mask values to contiguous class indices.
+* ``volumes`` — ``imagesTr/`` + ``labelsTr/`` NIfTI (or DICOM) volume pairs, nnU-Net style, read slice
+  by slice the way ``alps label`` slices volumes (:mod:`alps.train.volume_data`; val held out by case).
 
 Where a layout has no ``val`` split, a deterministic ``val_fraction`` of the images is held out.
 Label maps are single-channel PNG (uint8, or uint16 when K > 255); ``ignore_index`` (255) is never a class.
@@ -28,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-LAYOUTS = ("auto", "alps", "mmseg", "folders")
+LAYOUTS = ("auto", "alps", "mmseg", "folders", "volumes")
 CLASS_MAP_NAMES = (
     "classes.json",
     "classes.yaml",
@@ -169,6 +171,10 @@ def class_map_lut(class_map: dict[int, str], ignore_index: int = 255) -> tuple[n
 
 def detect_layout(root: Path) -> str:
     """Name of the layout found under ``root`` (see module docstring)."""
+    from alps.train.volume_data import is_volume_dataset
+
+    if is_volume_dataset(root):
+        return "volumes"
     if (root / "img_dir").is_dir() and (root / "ann_dir").is_dir():
         return "mmseg"
     if (root / "labels").is_dir():
@@ -176,8 +182,8 @@ def detect_layout(root: Path) -> str:
     if (root / "masks").is_dir():
         return "folders"
     raise FileNotFoundError(
-        f"{root}: no known dataset layout (expected labels/ [alps label], img_dir/+ann_dir/ [mmseg] "
-        "or images/+masks/ [folders])"
+        f"{root}: no known dataset layout (expected labels/ [alps label], img_dir/+ann_dir/ [mmseg], "
+        "images/+masks/ [folders] or imagesTr/+labelsTr/ [volumes])"
     )
 
 
@@ -232,11 +238,17 @@ def load_segmentation_data(
     ignore_index: int | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    *,
+    axis: int = 2,
+    window: str | Sequence[float] | None = None,
+    volume_slices: str = "foreground",
 ) -> SegmentationData:
     """Index a dataset folder.
 
-    Number of classes, in order of precedence: ``num_classes``; the class map; ``manifest.json``;
-    else the largest non-ignored label value + 1 (scanning the labels; recorded in ``notes``).
+    Number of classes, in order of precedence: ``num_classes``; the class map; ``manifest.json``
+    (``dataset.json`` of a volume dataset); else the largest non-ignored label value + 1 (scanning
+    the labels; recorded in ``notes``). ``axis``, ``window`` and ``volume_slices`` only apply to the
+    ``volumes`` layout (:mod:`alps.train.volume_data`).
     """
     root = Path(root)
     if layout not in LAYOUTS:
@@ -254,9 +266,17 @@ def load_segmentation_data(
         "alps": ("images", "labels"),
         "mmseg": ("img_dir", "ann_dir"),
         "folders": ("images", "masks"),
+        "volumes": ("imagesTr", "labelsTr"),
     }[layout]
     splits: dict[str, list[Sample]] = {}
-    for split in ("train", "val", "test"):
+    if layout == "volumes":
+        from alps.train.volume_data import read_class_names, slice_settings, volume_splits
+
+        settings = slice_settings(axis, window, volume_slices)
+        sliced = volume_splits(root, settings, val_fraction, split_seed, notes)
+        splits = {name: [Sample(*item) for item in items] for name, items in sliced.items()}
+        manifest.setdefault("class_names", read_class_names(root))
+    for split in ("train", "val", "test") if layout != "volumes" else ():
         if (root / ann_name / split).is_dir():
             splits[split] = _pair(root / img_name / split, root / ann_name / split, notes)
     if "train" not in splits:

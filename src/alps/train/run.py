@@ -153,6 +153,9 @@ def train(config: TrainConfig) -> RunResult:
         config.num_classes,
         config.ignore_index,
         config.val_fraction,
+        axis=config.axis,
+        window=config.window,
+        volume_slices=config.volume_slices,
     )
     for note in data.notes:
         log.warning("%s", note)
@@ -386,12 +389,17 @@ def evaluate(
     stride: int | None = None,
     batch_size: int = 4,
     exclude_from_mean: Sequence[int] = (),
+    axis: int = 2,
+    window: str | None = None,
+    volume_slices: str = "foreground",
 ) -> SegmentationScores:
     """Score a checkpoint on a dataset split with sliding-window inference.
 
     One confusion matrix is accumulated over every image of the split; mIoU, OA, mF1 and per-class IoU
     follow from it (:func:`alps.train.metrics.scores_from_confusion`). Images are normalised with the
-    statistics saved in the checkpoint and tiled at its training crop size.
+    statistics saved in the checkpoint and tiled at its training crop size. ``axis``, ``window`` and
+    ``volume_slices`` slice a volume dataset (``imagesTr/`` + ``labelsTr/``); pass the values used
+    for training.
     """
     from alps.train.module import SegmentationModule
 
@@ -403,7 +411,16 @@ def evaluate(
     module.eval()
     hp = module.hparams
     k = int(hp["num_classes"])
-    ds = load_segmentation_data(data, layout, class_map, num_classes=k, ignore_index=hp["ignore_index"])
+    ds = load_segmentation_data(
+        data,
+        layout,
+        class_map,
+        num_classes=k,
+        ignore_index=hp["ignore_index"],
+        axis=axis,
+        window=window,
+        volume_slices=volume_slices,
+    )
     samples = ds.split(split)
     if not samples:
         raise ValueError(f"{data}: split {split!r} has no images")
