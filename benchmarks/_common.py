@@ -51,3 +51,44 @@ def emit(report: dict[str, Any], out: Path | None) -> None:
         out.write_text(text + "\n", encoding="utf-8")
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def cpu_train_config(
+    data: Path,
+    out: Path,
+    *,
+    arch: str,
+    encoder: str,
+    crop: int,
+    batch_size: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    num_workers: int,
+    **overrides: Any,
+) -> Any:
+    """The training set-up the pre-training benchmarks share: CPU, one device, one checkpoint at the end,
+    no progress bar, images cached; ``overrides``: further :class:`alps.train.config.TrainConfig` fields."""
+    from alps.train.config import TrainConfig
+
+    fields: dict[str, Any] = {
+        "data": str(data),
+        "out": str(out),
+        "arch": arch,
+        "encoder": encoder,
+        "crop_size": crop,
+        "batch_size": batch_size,
+        "max_steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "num_workers": num_workers,
+        "checkpoint_every": max(steps, 1),
+        "keep_checkpoints": 1,
+        "log_every": 5,
+        "progress": False,
+        "cache_images": True,
+        "accelerator": "cpu",
+        "devices": "1",
+    }
+    fields.update(overrides)
+    return TrainConfig(**fields)

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import emit, machine_info
+from _common import cpu_train_config, emit, machine_info
 from alps.data_medical import CASES, MedicalCase, sample_volumes
 from alps.train.config import TrainConfig
 from alps.train.run import evaluate, train
@@ -57,9 +57,9 @@ class Settings:
     crop: int = 128
     arch: str = "unet"
     encoder: str = "resnet18"
-    batch_size: int = 4
-    pretrain_steps: int = 150
-    finetune_steps: int = 40
+    batch_size: int = 8
+    pretrain_steps: int = 300
+    finetune_steps: int = 150
     lr: float = 3e-4
     clusters: int = 16
     points_per_side: int = 8
@@ -125,30 +125,24 @@ def pseudo_label(cases: dict[str, MedicalCase], out: Path, s: Settings) -> dict[
 
 
 def base_config(s: Settings, data: Path, out: Path, steps: int, seed: int) -> TrainConfig:
-    return TrainConfig(
-        data=str(data),
-        out=str(out),
+    config: TrainConfig = cpu_train_config(
+        data,
+        out,
         arch=s.arch,
         encoder=s.encoder,
-        crop_size=s.crop,
+        crop=s.crop,
         batch_size=s.batch_size,
-        max_steps=steps,
+        steps=steps,
         lr=s.lr,
         seed=seed,
+        num_workers=s.num_workers,
         scale_min=0.75,
         scale_max=1.25,
-        num_workers=s.num_workers,
         val_every=-1,
         val_fraction=0.0,
         eval_stride=s.crop,  # non-overlapping windows at evaluation: 2.3x fewer forward passes
-        checkpoint_every=max(steps, 1),
-        keep_checkpoints=1,
-        log_every=5,
-        progress=False,
-        cache_images=True,
-        accelerator="cpu",
-        devices="1",
     )
+    return config
 
 
 def run_finetune(
@@ -256,10 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--test-cases", nargs="+", default=["brain2", "lung2"], choices=CASES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--finetune-steps", type=int, default=40)
+    parser.add_argument("--pretrain-steps", type=int, default=Settings.pretrain_steps)
+    parser.add_argument("--finetune-steps", type=int, default=Settings.finetune_steps)
     parser.add_argument("--crop", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--clusters", type=int, default=16)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from _common import cpu_train_config
 from alps.train.config import TrainConfig
 from alps.train.data import read_image, read_label
 from alps.train.run import evaluate, train
@@ -160,29 +161,23 @@ def build_pretrain_dataset(
 
 
 def base_config(s: Settings, data: Path, out: Path, steps: int, seed: int) -> TrainConfig:
-    return TrainConfig(
-        data=str(data),
-        out=str(out),
+    config: TrainConfig = cpu_train_config(
+        data,
+        out,
         arch=s.arch,
         encoder=s.encoder,
-        crop_size=s.tile,
+        crop=s.tile,
         batch_size=s.batch_size,
-        max_steps=steps,
+        steps=steps,
         lr=s.lr,
         seed=seed,
+        num_workers=s.num_workers,
         scale_min=0.75,
         scale_max=1.5,
         vflip=True,
-        num_workers=s.num_workers,
         val_every=0,
-        checkpoint_every=max(steps, 1),
-        keep_checkpoints=1,
-        log_every=5,
-        progress=False,
-        cache_images=True,
-        accelerator="cpu",
-        devices="1",
     )
+    return config
 
 
 def run_finetune(
@@ -306,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=Settings.lr, help="peak learning rate (AdamW, cosine)")
     parser.add_argument("--clusters", type=int, default=16)
     parser.add_argument("--sam-model", default="litemedsam")
     parser.add_argument("--sam-checkpoint", default=None, help="weights file; 'random' for plumbing tests")
@@ -330,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arch=args.arch,
         encoder=args.encoder,
         batch_size=args.batch_size,
+        lr=args.lr,
         pretrain_steps=args.pretrain_steps,
         finetune_steps=args.finetune_steps,
         clusters=args.clusters,

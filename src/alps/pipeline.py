@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 from alps import __version__
 from alps.io.images import ImageFile, ImageReadError, LoadedImage, find_images, load_image
 from alps.masks.types import Geometry, MaskResult
-from alps.table import atomic_path
+from alps.table import atomic_path, remove_stale_files
 
 log = logging.getLogger("alps.pipeline")
 
@@ -611,17 +611,6 @@ def _place_image(item: ImageFile, loaded: LoadedImage, dest_dir: Path) -> Path:
     return dest
 
 
-def _remove_stale(folder: Path, keep: set[Path]) -> None:
-    """Delete files under ``folder`` (ours) that the current run did not produce."""
-    if not folder.exists():
-        return
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file() and path not in keep:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-
-
 def label(
     inputs: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -914,8 +903,8 @@ def _run(
         if f.id in plans and (out / "tables" / f.id).is_dir():
             keep_tables.update(path for path in (out / "tables" / f.id).iterdir())
     keep_states = {out / "state" / f"{f.id}.json" for f in files}
-    _remove_stale(out / "tables", keep_tables)  # tables of images no longer among the inputs
-    _remove_stale(out / "state", keep_states)
+    remove_stale_files(out / "tables", keep_tables)  # tables of images no longer among the inputs
+    remove_stale_files(out / "state", keep_states)
 
     # stage 5
     table_paths = []
@@ -1037,7 +1026,7 @@ def _run(
             )
         produced.add(coco_path)
     for folder in ("labels", "images", "overlays", "vectors", "coco"):
-        _remove_stale(out / folder, produced)
+        remove_stale_files(out / folder, produced)
 
     ok_ids = [f.id for f in ok if records[f.id].status == "ok"]
     split_lists = {s: [i for i in ok_ids if records[i].split == s] for s in SPLITS}

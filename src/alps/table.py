@@ -289,3 +289,14 @@ def set_clusters(path: Path | str, clusters: npt.ArrayLike) -> None:
     column = pa.array(values.astype(np.int32), pa.int32())
     updated = table.set_column(index, table.schema.field(index), column)
     _write_atomic(updated.replace_schema_metadata(table.schema.metadata), Path(path))
+
+
+def remove_stale_files(folder: Path, keep: set[Path]) -> None:
+    """Delete the files under ``folder`` (a folder alps owns) that are not in ``keep``, then empty folders."""
+    if not folder.exists():
+        return
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and path not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()

@@ -40,6 +40,7 @@ from alps.io.volume import (
     to_rgb,
     write_label_volume,
 )
+from alps.table import remove_stale_files
 
 log = logging.getLogger("alps.volumes")
 
@@ -191,19 +192,9 @@ def prepare_volumes(
             record.slice_ids.append(sid)
         record.slices_kept = len(keep)
         record.status = "ok"
-    _remove_stale(out / "slices", written)
+    remove_stale_files(out / "slices", written)
     sources = {v.id: v.path for v in volumes}
     return VolumeSet(records, files, group, index, sources)
-
-
-def _remove_stale(folder: Path, keep: set[Path]) -> None:
-    if not folder.exists():
-        return
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file() and path not in keep:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,17 @@ from alps.train.models import load_encoder_weights, load_pretrained_network
 log = logging.getLogger(__name__)
 
 
+class _DropAdverts(logging.Filter):
+    """Drop the advert for a hosted logging service that Lightning prints at every Trainer start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropAdverts())
+
+
 @dataclass
 class RunResult:
     """Where a finished run left its outputs."""
