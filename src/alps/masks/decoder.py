@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _heads(attn: Attention) -> tuple[int, int]:
@@ -245,6 +246,81 @@ def upscale_masks(
     flat = upscaled.flatten(2)[inverse]  # (K, c', 16hw)
     logits = torch.bmm(hyper.unsqueeze(1), flat).squeeze(1)
     return logits.reshape(len(prompt_idx), *upscaled.shape[-2:])
+
+
+def _gemm_upscaling(
+    decoder: MaskDecoder,
+) -> tuple[nn.ConvTranspose2d, LayerNorm2d, nn.Module, nn.ConvTranspose2d, nn.Module] | None:
+    """The parts of SAM's output upscaling if it has the standard layout (2x2 stride-2 transposed convs,
+    LayerNorm2d, activations), else None."""
+    layers = list(decoder.output_upscaling)
+    if len(layers) != 5:
+        return None
+    up1, norm, act1, up2, act2 = layers
+    ok = all(
+        isinstance(c, nn.ConvTranspose2d)
+        and c.kernel_size == (2, 2)
+        and c.stride == (2, 2)
+        and c.padding == (0, 0)
+        and c.groups == 1
+        and c.bias is not None
+        for c in (up1, up2)
+    )
+    if not ok or not isinstance(norm, LayerNorm2d):
+        return None
+    return up1, norm, act1, up2, act2
+
+
+def _conv_t_as_matrix(conv: nn.ConvTranspose2d) -> tuple[Tensor, Tensor]:
+    """A 2x2 stride-2 transposed conv as ``(C_in, 4 C_out)`` weights (columns in (dy, dx, c) order), bias."""
+    assert conv.bias is not None
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1)
+    return weight, conv.bias.repeat(4)
+
+
+@torch.no_grad()
+def upscale_masks_gemm(
+    decoder: MaskDecoder, ctx: ImageContext, out: DecoderOutput, prompt_idx: Tensor, mask_idx: Tensor
+) -> Tensor:
+    """:func:`upscale_masks` computed channels-last as matrix products (fast mode; rounding differs).
+
+    A 2x2 stride-2 transposed convolution writes each input cell into its own 2x2 output block, so it is
+    one ``(cells, C_in) @ (C_in, 4 C_out)`` product; LayerNorm2d becomes a layer norm over the last axis.
+    Everything stays in sub-pixel order and only the final (few) mask logits are shuffled into the image
+    grid: row ``4i + 2a + a'``, column ``4j + 2b + b'`` for cell ``(i, j)`` and sub-positions ``(a, b)``,
+    ``(a', b')`` of the two upscaling steps. Falls back to :func:`upscale_masks` for another layout.
+    """
+    parts = _gemm_upscaling(decoder)
+    if parts is None:
+        return upscale_masks(decoder, ctx, out, prompt_idx, mask_idx)
+    up1, norm, act1, up2, act2 = parts
+    h, w = ctx.size
+    prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
+    p = len(prompts)
+    w1, b1 = _conv_t_as_matrix(up1)
+    w2, b2 = _conv_t_as_matrix(up2)
+    c1, c2 = int(up1.out_channels), int(up2.out_channels)
+    keys = out.keys if p == len(out.keys) else out.keys[prompts]  # unique() sorts: all prompts = identity
+    x = torch.addmm(b1, keys.reshape(-1, keys.shape[-1]), w1)  # (P*N, 4*c1)
+    x = act1(F.layer_norm(x.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
+    x = act2(torch.addmm(b2, x, w2)).view(p, -1, c2)  # (P, N*16, c2), sub-pixel order
+    # hypernetwork vector of each requested (prompt, mask output) pair, then one product per prompt
+    tokens = out.mask_tokens[prompt_idx, mask_idx]  # (K, C)
+    hyper = torch.empty(len(prompt_idx), c2, dtype=tokens.dtype, device=tokens.device)
+    for i, mlp in enumerate(decoder.output_hypernetworks_mlps):
+        sel = mask_idx == i
+        if sel.any():
+            hyper[sel] = mlp(tokens[sel])
+    counts = torch.bincount(inverse, minlength=p)
+    if bool((counts == counts[0]).all()):  # the usual case: the same outputs for every prompt
+        order = torch.argsort(inverse, stable=True)
+        per_prompt = hyper[order].view(p, -1, c2)  # (P, M, c2)
+        logits = torch.bmm(per_prompt, x.transpose(1, 2)).view(-1, x.shape[1])
+        logits = logits[torch.argsort(order)]
+    else:
+        logits = torch.stack([x[inverse[k]] @ hyper[k] for k in range(len(hyper))])
+    grid = logits.view(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+    return grid.reshape(-1, 4 * h, 4 * w)
 
 
 def upscale_logits_like_sam(

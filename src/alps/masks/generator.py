@@ -12,7 +12,8 @@ the same defaults and meaning and returns the same records. Two modes:
 
 ``mode="fast"``
     Like exact, but the ViT encoder runs its attention through PyTorch's fused kernel
-    (:mod:`alps.models.vit_fast`), and the stability score, boxes, crop-edge test and NMS are
+    (:mod:`alps.models.vit_fast`), the decoder's output upscaling runs as matrix products
+    (:func:`alps.masks.decoder.upscale_masks_gemm`), and the stability score, boxes, crop-edge test and NMS are
     computed on the 256x256 low-resolution logits; only NMS survivors are upsampled, in one step,
     to the image.
     Masks that survive NMS differ from exact mode only near decision thresholds; recall against
@@ -50,6 +51,7 @@ from alps.masks.decoder import (
     decode_tokens,
     upscale_logits_like_sam,
     upscale_masks,
+    upscale_masks_gemm,
 )
 from alps.masks.image import check_size, to_rgb_uint8
 from alps.masks.prompts import box_grid_for_layer
@@ -324,7 +326,10 @@ class MaskGenerator:
         if not keep.any():
             return
         prompt_idx, mask_idx, iou = prompt_idx[keep], mask_idx[keep], iou[keep]
-        low_res = upscale_masks(self.model.mask_decoder, ctx, out, prompt_idx, mask_idx)
+        # exact: the decoder's own upscaling modules (bit-identical logits); fast: the same maths as
+        # matrix products in channels-last order (rounding differs)
+        upscale = upscale_masks_gemm if self.mode == "fast" else upscale_masks
+        low_res = upscale(self.model.mask_decoder, ctx, out, prompt_idx, mask_idx)
         threshold = float(self.model.mask_threshold)
         if self.mode == "fast":
             self._filter_low_res(
