@@ -13,9 +13,9 @@ the same defaults and meaning and returns the same records. Two modes:
 ``mode="fast"``
     Like exact, but the ViT encoder runs its attention through PyTorch's fused kernel
     (:mod:`alps.models.vit_fast`), the decoder's output upscaling runs as matrix products
-    (:func:`alps.masks.decoder.upscale_masks_gemm`), and the stability score, boxes, crop-edge test and NMS are
-    computed on the 256x256 low-resolution logits; only NMS survivors are upsampled, in one step,
-    to the image.
+    (:func:`alps.masks.decoder.upscale_masks_gemm`), and the stability score, boxes, crop-edge test
+    and NMS are computed on the 256x256 low-resolution logits; only NMS survivors are upsampled, in
+    one step, to the image.
     Masks that survive NMS differ from exact mode only near decision thresholds; recall against
     exact mode is measured by ``benchmarks/amg_speed.py``.
 

@@ -61,6 +61,11 @@ class TrainConfig:
     num_workers: int = _opt(2, "data-loading processes per device")
     cache_images: bool = _opt(False, "keep decoded images in memory (small datasets)")
     # optimisation
+    loss: str = _opt(
+        "ce",
+        "training loss: 'ce' (cross-entropy) or 'ce+dice' (plus soft Dice: small structures, e.g. lesions)",
+        choices=("ce", "ce+dice"),
+    )
     optimizer: str = _opt("adamw", "optimizer", choices=("adamw", "sgd"))
     lr: float = _opt(3e-4, "peak learning rate")
     weight_decay: float = _opt(1e-4, "weight decay")

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
 from alps.train.inference import sliding_window_logits
@@ -38,6 +39,7 @@ class SegmentationModule(L.LightningModule):
         warmup_steps: int = 0,
         max_steps: int = 1000,
         eval_stride: int | None = None,
+        loss: str = "ce",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -46,16 +48,26 @@ class SegmentationModule(L.LightningModule):
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         self.val_cm = ConfusionMatrixMetric(num_classes, ignore_index)
+        if loss not in ("ce", "ce+dice"):
+            raise ValueError(f"loss must be 'ce' or 'ce+dice', got {loss!r}")
+        self.dice: nn.Module | None = (
+            DiceLoss("multiclass", from_logits=True, ignore_index=ignore_index) if loss == "ce+dice" else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised images → ``(B, K, H, W)`` logits."""
         return self.net(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over non-ignored pixels; 0 (with a gradient) when a batch has none."""
+        """Mean cross-entropy over non-ignored pixels (0, with a gradient, when a batch has none), plus
+        smp's multiclass soft Dice loss with ``loss="ce+dice"``."""
         per_pixel = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="sum")
         count = (target != self.ignore_index).sum().clamp(min=1)
-        return per_pixel / count
+        ce = per_pixel / count
+        if self.dice is None:
+            return ce
+        dice: torch.Tensor = self.dice(logits.float(), target)
+        return ce + dice
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

@@ -207,6 +207,7 @@ def train(config: TrainConfig) -> RunResult:
         warmup_steps=config.warmup_steps,
         max_steps=config.max_steps,
         eval_stride=config.eval_stride,
+        loss=config.loss,
     )
     if resume is None:
         if init_ckpt is not None:
