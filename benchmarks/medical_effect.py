@@ -17,7 +17,7 @@ Protocol
     4. Scores on the test patients' lesion slices: lesion IoU, mIoU (lesion, background) from one
        accumulated confusion matrix; mean ± std over seeds.
 
-Defaults are sized for about 15 minutes on 2 CPU cores; ``--quick`` is a minutes-long smoke run of
+Defaults take about 18 minutes on 2 CPU cores (measured); ``--quick`` is a minutes-long smoke run of
 the plumbing (random SAM weights, a few steps). Finished runs are skipped on a re-run (delete
 ``WORK/runs`` to redo them). Prints JSON and writes ``benchmarks/results/medical_effect.json``.
 
