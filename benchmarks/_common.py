@@ -54,34 +54,24 @@ def emit(report: dict[str, Any], out: Path | None) -> None:
 
 
 def cpu_train_config(
-    data: Path,
-    out: Path,
-    *,
-    arch: str,
-    encoder: str,
-    crop: int,
-    batch_size: int,
-    steps: int,
-    lr: float,
-    seed: int,
-    num_workers: int,
-    **overrides: Any,
+    settings: Any, data: Path, out: Path, *, crop: int, steps: int, seed: int, **overrides: Any
 ) -> Any:
     """The training set-up the pre-training benchmarks share: CPU, one device, one checkpoint at the end,
-    no progress bar, images cached; ``overrides``: further :class:`alps.train.config.TrainConfig` fields."""
+    no progress bar, images cached. ``settings`` gives ``arch``, ``encoder``, ``batch_size``, ``lr`` and
+    ``num_workers``; ``overrides``: further :class:`alps.train.config.TrainConfig` fields."""
     from alps.train.config import TrainConfig
 
     fields: dict[str, Any] = {
         "data": str(data),
         "out": str(out),
-        "arch": arch,
-        "encoder": encoder,
+        "arch": settings.arch,
+        "encoder": settings.encoder,
         "crop_size": crop,
-        "batch_size": batch_size,
+        "batch_size": settings.batch_size,
         "max_steps": steps,
-        "lr": lr,
+        "lr": settings.lr,
         "seed": seed,
-        "num_workers": num_workers,
+        "num_workers": settings.num_workers,
         "checkpoint_every": max(steps, 1),
         "keep_checkpoints": 1,
         "log_every": 5,

@@ -126,16 +126,12 @@ def pseudo_label(cases: dict[str, MedicalCase], out: Path, s: Settings) -> dict[
 
 def base_config(s: Settings, data: Path, out: Path, steps: int, seed: int) -> TrainConfig:
     config: TrainConfig = cpu_train_config(
+        s,
         data,
         out,
-        arch=s.arch,
-        encoder=s.encoder,
         crop=s.crop,
-        batch_size=s.batch_size,
         steps=steps,
-        lr=s.lr,
         seed=seed,
-        num_workers=s.num_workers,
         scale_min=0.75,
         scale_max=1.25,
         val_every=-1,
@@ -154,7 +150,9 @@ def run_finetune(
         return dict(json.loads(scores_path.read_text()))
     start = time.perf_counter()
     config = base_config(s, lesions, out, s.finetune_steps, seed).replace(
-        volume_slices="labelled", num_classes=2, loss="ce+dice"  # lesions are ~1 % of a slice
+        volume_slices="labelled",
+        num_classes=2,
+        loss="ce+dice",  # lesions are ~1 % of a slice
     )
     if method == "random":
         result = train(config.replace(mode="pretrain"))  # from scratch on the lesion slices

@@ -162,16 +162,12 @@ def build_pretrain_dataset(
 
 def base_config(s: Settings, data: Path, out: Path, steps: int, seed: int) -> TrainConfig:
     config: TrainConfig = cpu_train_config(
+        s,
         data,
         out,
-        arch=s.arch,
-        encoder=s.encoder,
         crop=s.tile,
-        batch_size=s.batch_size,
         steps=steps,
-        lr=s.lr,
         seed=seed,
-        num_workers=s.num_workers,
         scale_min=0.75,
         scale_max=1.5,
         vflip=True,
