@@ -225,6 +225,20 @@ def decode_tokens(decoder: MaskDecoder, ctx: ImageContext, sparse: Tensor) -> De
     return DecoderOutput(iou_pred, queries[:, 1 : 1 + decoder.num_mask_tokens, :], keys)
 
 
+def _hyper_vectors(decoder: MaskDecoder, out: DecoderOutput, prompt_idx: Tensor, mask_idx: Tensor) -> Tensor:
+    """(K, c') hypernetwork output of each (prompt, mask output) pair: each output's MLP on its tokens."""
+    tokens = out.mask_tokens[prompt_idx, mask_idx]  # (K, C)
+    mlps = decoder.output_hypernetworks_mlps
+    hyper = torch.empty(
+        len(prompt_idx), mlps[0].layers[-1].out_features, dtype=tokens.dtype, device=tokens.device
+    )
+    for i, mlp in enumerate(mlps):
+        sel = mask_idx == i
+        if sel.any():
+            hyper[sel] = mlp(tokens[sel])
+    return hyper
+
+
 @torch.no_grad()
 def upscale_masks(
     decoder: MaskDecoder, ctx: ImageContext, out: DecoderOutput, prompt_idx: Tensor, mask_idx: Tensor
@@ -237,12 +251,7 @@ def upscale_masks(
     prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
     src = out.keys[prompts].transpose(1, 2).reshape(len(prompts), -1, h, w)
     upscaled = decoder.output_upscaling(src)  # (P, c', 4h, 4w)
-    tokens = out.mask_tokens[prompt_idx, mask_idx]  # (K, C)
-    hyper = torch.empty(len(prompt_idx), upscaled.shape[1], dtype=tokens.dtype, device=tokens.device)
-    for i, mlp in enumerate(decoder.output_hypernetworks_mlps):
-        sel = mask_idx == i
-        if sel.any():
-            hyper[sel] = mlp(tokens[sel])
+    hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c')
     flat = upscaled.flatten(2)[inverse]  # (K, c', 16hw)
     logits = torch.bmm(hyper.unsqueeze(1), flat).squeeze(1)
     return logits.reshape(len(prompt_idx), *upscaled.shape[-2:])
@@ -305,12 +314,7 @@ def upscale_masks_gemm(
     x = act1(F.layer_norm(x.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
     x = act2(torch.addmm(b2, x, w2)).view(p, -1, c2)  # (P, N*16, c2), sub-pixel order
     # hypernetwork vector of each requested (prompt, mask output) pair, then one product per prompt
-    tokens = out.mask_tokens[prompt_idx, mask_idx]  # (K, C)
-    hyper = torch.empty(len(prompt_idx), c2, dtype=tokens.dtype, device=tokens.device)
-    for i, mlp in enumerate(decoder.output_hypernetworks_mlps):
-        sel = mask_idx == i
-        if sel.any():
-            hyper[sel] = mlp(tokens[sel])
+    hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c2)
     counts = torch.bincount(inverse, minlength=p)
     if bool((counts == counts[0]).all()):  # the usual case: the same outputs for every prompt
         order = torch.argsort(inverse, stable=True)
