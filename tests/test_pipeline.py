@@ -114,6 +114,8 @@ def test_label_writes_mmseg_style_dataset(tmp_path: Path, model: Sam) -> None:
     for key in ("model", "parameters", "versions", "cluster_sizes", "timings", "images", "params_hash"):
         assert key in m
     assert m["parameters"]["area_threshold"] == 0.3 and m["versions"]["torch"] == torch.__version__
+    # label() tunes glibc malloc on Linux and says so (alps.runtime)
+    assert m["runtime"] == {"torch_threads": torch.get_num_threads(), "malloc_tuned": sys.platform == "linux"}
     assert m["model"]["checkpoint_sha256"]  # a passed-in module is identified by its weights' hash
     assert sum(m["cluster_sizes"]) == m["counts"]["masks_kept"] > 0
     assert (out / "cluster_model.npz").is_file() and (out / "log.txt").read_text()

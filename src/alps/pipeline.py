@@ -220,6 +220,12 @@ def _hash_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _runtime() -> dict[str, Any]:
+    from alps.runtime import allocator_tuned
+
+    return {"torch_threads": torch.get_num_threads(), "malloc_tuned": allocator_tuned()}
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "alps-seg": __version__, "torch": torch.__version__}
     for dist in (
@@ -702,6 +708,9 @@ def label(
         raise ValueError(f"tile_overlap must be in [0, tile_size/2), got {tile_overlap}")
     tiling = TileSettings(band_list, tile_size, tile_overlap)
     from alps.exports import vector_suffixes
+    from alps.runtime import keep_freed_memory
+
+    keep_freed_memory()  # ~20 % faster CPU mask generation (see alps.runtime)
 
     vector_suffixes(vector_format)  # raises ValueError for an unknown format
     input_list = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
@@ -1170,6 +1179,7 @@ def _write_manifest(
         "params_hash": params_hash,
         "table_params": table_params,
         "versions": _versions(),
+        "runtime": _runtime(),
         # top-level copies for dataset readers (alps.train and mmsegmentation-style loaders)
         "num_classes": k,
         "ignore_index": 255,

@@ -38,3 +38,22 @@ def test_gemm_upscaling_equals_the_decoder_modules(sam_real_decoder: torch.nn.Mo
         # the sign (the mask) agrees everywhere except within rounding distance of the threshold
         flips = (got > 0) != (ref > 0)
         assert bool((ref[flips].abs() < 1e-3).all()), name
+
+
+def test_upscale_masks_is_the_decoder_modules_bitwise(sam_real_decoder: torch.nn.Module) -> None:
+    """Exact mode's upscaling (activations in place) gives the very bits of SAM's output_upscaling."""
+    decoder = sam_real_decoder.mask_decoder
+    ctx, out = _decoded(sam_real_decoder, 2)
+    prompt_idx, mask_idx = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 3, 1, 2])
+    got = upscale_masks(decoder, ctx, out, prompt_idx, mask_idx)  # type: ignore[arg-type]
+    keys = out.keys  # type: ignore[attr-defined]
+    src = keys.transpose(1, 2).reshape(len(keys), -1, *ctx.size)
+    with torch.no_grad():
+        upscaled = decoder.output_upscaling(src)
+        tokens = out.mask_tokens[prompt_idx, mask_idx]  # type: ignore[attr-defined]
+        hyper = torch.stack(
+            [decoder.output_hypernetworks_mlps[int(m)](t) for t, m in zip(tokens, mask_idx, strict=True)]
+        )
+    ref = torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)[prompt_idx]).view(-1, 256, 256)
+    assert got.abs().max() > 1.0
+    assert torch.equal(got, ref)

@@ -99,6 +99,27 @@ def test_to_rgb_uint8_rules() -> None:
         to_rgb_uint8(np.zeros((0, 10, 3), np.uint8))
 
 
+def test_decoder_workers_change_nothing_but_speed(
+    litemedsam: torch.nn.Module, aerial_image: np.ndarray
+) -> None:
+    """Prompt batches decoded by worker threads: same masks in the same order, torch threads restored."""
+    model = litemedsam
+    loose = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.9}
+    threads = torch.get_num_threads()
+    for mode in ("exact", "fast"):
+        serial = MaskGenerator(model, points_per_side=8, mode=mode, decoder_workers=1, **loose)
+        parallel = MaskGenerator(model, points_per_side=8, mode=mode, decoder_workers=3, **loose)
+        a, b = serial.generate(aerial_image), parallel.generate(aerial_image)
+        assert torch.get_num_threads() == threads
+        assert len(a) == len(b) > 10, mode
+        for ma, mb in zip(a, b, strict=True):  # same prompt order; rounding may flip a boundary pixel
+            assert ma["point_coords"] == mb["point_coords"] and ma["prompt_box"] == mb["prompt_box"]
+            assert np.logical_xor(ma["segmentation"], mb["segmentation"]).sum() <= 2, mode
+            assert abs(ma["predicted_iou"] - mb["predicted_iou"]) < 1e-4
+    with pytest.raises(ValueError, match="decoder_workers"):
+        MaskGenerator(model, decoder_workers=0)
+
+
 def test_small_and_huge_images_are_refused_clearly() -> None:
     model = load_sam("litemedsam", seed=0)
     gen = MaskGenerator(model, points_per_side=2, max_pixels=10_000)

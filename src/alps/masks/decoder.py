@@ -239,6 +239,25 @@ def _hyper_vectors(decoder: MaskDecoder, out: DecoderOutput, prompt_idx: Tensor,
     return hyper
 
 
+def _activate_(act: nn.Module, x: Tensor) -> Tensor:
+    """``act(x)``, in place for GELU and ReLU (same values; a fresh multi-MB output per call was measured
+    ~4x slower than the op itself in the per-prompt loop)."""
+    if type(act) is nn.GELU:
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    if type(act) is nn.ReLU:
+        return F.relu_(x)
+    return act(x)
+
+
+def _upscaling(decoder: MaskDecoder, src: Tensor) -> Tensor:
+    """``decoder.output_upscaling(src)``, the activations in place when it has the standard layout."""
+    parts = _gemm_upscaling(decoder)
+    if parts is None:
+        return decoder.output_upscaling(src)
+    up1, norm, act1, up2, act2 = parts
+    return _activate_(act2, up2(_activate_(act1, norm(up1(src)))))
+
+
 @torch.no_grad()
 def upscale_masks(
     decoder: MaskDecoder, ctx: ImageContext, out: DecoderOutput, prompt_idx: Tensor, mask_idx: Tensor
@@ -250,7 +269,7 @@ def upscale_masks(
     h, w = ctx.size
     prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
     src = out.keys[prompts].transpose(1, 2).reshape(len(prompts), -1, h, w)
-    upscaled = decoder.output_upscaling(src)  # (P, c', 4h, 4w)
+    upscaled = _upscaling(decoder, src)  # (P, c', 4h, 4w)
     hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c')
     flat = upscaled.flatten(2)[inverse]  # (K, c', 16hw)
     logits = torch.bmm(hyper.unsqueeze(1), flat).squeeze(1)
@@ -311,8 +330,8 @@ def upscale_masks_gemm(
     c1, c2 = int(up1.out_channels), int(up2.out_channels)
     keys = out.keys if p == len(out.keys) else out.keys[prompts]  # unique() sorts: all prompts = identity
     x = torch.addmm(b1, keys.reshape(-1, keys.shape[-1]), w1)  # (P*N, 4*c1)
-    x = act1(F.layer_norm(x.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
-    x = act2(torch.addmm(b2, x, w2)).view(p, -1, c2)  # (P, N*16, c2), sub-pixel order
+    x = _activate_(act1, F.layer_norm(x.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
+    x = _activate_(act2, torch.addmm(b2, x, w2)).view(p, -1, c2)  # (P, N*16, c2), sub-pixel order
     # hypernetwork vector of each requested (prompt, mask output) pair, then one product per prompt
     hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c2)
     counts = torch.bincount(inverse, minlength=p)

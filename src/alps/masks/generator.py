@@ -26,8 +26,11 @@ output per box, as SAM does for box prompts). ``prompt=None`` picks the model's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -58,6 +61,7 @@ from alps.masks.prompts import box_grid_for_layer
 from alps.masks.types import Geometry, MaskResult
 from alps.models.vit_fast import encode_image
 
+_T = TypeVar("_T")
 Prompt = Literal["points", "boxes"]
 Mode = Literal["exact", "fast"]
 # Default (pred_iou_thresh, stability_score_thresh) per prompt type. Points: the official defaults.
@@ -69,6 +73,10 @@ THRESHOLDS: dict[str, tuple[float, float]] = {"points": (0.88, 0.95), "boxes": (
 # On CPU at most this many prompts are decoded together: per-prompt image-side tensors are 4 MB,
 # and small batches keep them in cache (GPUs take points_per_batch as given).
 CPU_DECODER_BATCH = 2
+# On CPU, prompt batches are decoded by this many worker threads at most, each running single-threaded
+# ops: the decoder's ops are small, and one thread per batch beats splitting every op across threads
+# (~25 % faster on 2 cores, measured by benchmarks/label_speed.py).
+CPU_DECODER_WORKERS = 4
 # Full-resolution logits upsampled together (bounds memory: chunk * H * W floats).
 UPSAMPLE_CHUNK = 16
 
@@ -90,6 +98,10 @@ class _Candidates:
     points: list[torch.Tensor] = field(default_factory=list)  # (k, 2) prompt point in crop coords
     prompt_boxes: list[torch.Tensor] = field(default_factory=list)  # (k, 4) prompt box (boxes mode)
     low_res: list[torch.Tensor] = field(default_factory=list)  # fast mode: (k, h, w) logits
+
+    def extend(self, other: _Candidates) -> None:
+        for f in fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
 
     def cat(self) -> dict[str, Any]:
         def c(x: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -119,6 +131,10 @@ class MaskGenerator:
     mode: ``"exact"`` or ``"fast"`` (see module docstring).
     box_levels: scales of the box grid (``prompt="boxes"``).
     max_pixels: images above this many pixels are refused with advice to tile.
+    decoder_workers: threads that decode prompt batches in parallel on CPU (``None``: as many as
+        torch's intra-op threads, at most ``CPU_DECODER_WORKERS``; each then runs single-threaded ops,
+        and torch's thread count is restored afterwards). Results do not depend on it except for
+        floating-point rounding; a given setting is deterministic. Ignored on GPU.
     """
 
     def __init__(
@@ -142,6 +158,7 @@ class MaskGenerator:
         mode: Mode = "exact",
         box_levels: int = 3,
         max_pixels: int = 64_000_000,
+        decoder_workers: int | None = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
@@ -181,6 +198,9 @@ class MaskGenerator:
         self.mode: Mode = mode
         self.box_levels = box_levels
         self.max_pixels = max_pixels
+        if decoder_workers is not None and decoder_workers < 1:
+            raise ValueError(f"decoder_workers must be >= 1, not {decoder_workers}")
+        self.decoder_workers = decoder_workers
         self.model_size = int(model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.model_size)
 
@@ -260,10 +280,18 @@ class MaskGenerator:
         batch = self.points_per_batch
         if self.device.type == "cpu":
             batch = min(batch, CPU_DECODER_BATCH)
-        for start in range(0, len(prompts), batch):
-            self._process_batch(
-                ctx, prompts[start : start + batch], crop_size, input_size, crop_box, orig_size, cands
-            )
+
+        inference = torch.is_inference_mode_enabled()
+
+        def work(batch_prompts: np.ndarray) -> _Candidates:
+            part = _Candidates()
+            with torch.no_grad(), torch.inference_mode(inference):  # both are per thread
+                self._process_batch(ctx, batch_prompts, crop_size, input_size, crop_box, orig_size, part)
+            return part
+
+        batches = [prompts[start : start + batch] for start in range(0, len(prompts), batch)]
+        for part in self._map_batches(work, batches):  # in prompt order, whatever the threads
+            cands.extend(part)
         data = cands.cat()
         if len(data["rles"]):
             keep = batched_nms(
@@ -283,6 +311,17 @@ class MaskGenerator:
         if crop_size != orig_size:
             data["rles"] = [_uncrop_rle(r, crop_box, orig_size) for r in data["rles"]]
         return data, embedding, geometry
+
+    def _map_batches(self, fn: Callable[[np.ndarray], _T], batches: list[np.ndarray]) -> Iterator[_T]:
+        """``map(fn, batches)``, on CPU spread over worker threads with single-threaded ops."""
+        threads = torch.get_num_threads()
+        workers = self.decoder_workers or min(threads, CPU_DECODER_WORKERS)
+        workers = min(workers, len(batches))
+        if self.device.type != "cpu" or workers <= 1:
+            yield from map(fn, batches)
+            return
+        with _intra_op_threads(max(1, threads // workers)), ThreadPoolExecutor(workers) as pool:
+            yield from pool.map(fn, batches)
 
     def _encode_prompts(self, prompts: np.ndarray, crop_size: tuple[int, int]) -> torch.Tensor:
         encoder = self.model.prompt_encoder
@@ -509,6 +548,17 @@ class MaskGenerator:
 
 
 # ---------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    """Set torch's intra-op thread count for the block, then restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def masks_to_rles(masks: torch.Tensor) -> list[dict[str, Any]]:
     """(K, H, W) bool -> COCO compressed RLEs (pycocotools' column-major layout)."""
     if not len(masks):
