@@ -19,6 +19,10 @@ the same defaults and meaning and returns the same records. Two modes:
     Masks that survive NMS differ from exact mode only near decision thresholds; recall against
     exact mode is measured by ``benchmarks/amg_speed.py``.
 
+On CPU, prompt batches are decoded by worker threads that each run single-threaded ops
+(``decoder_workers``), and their candidates are merged in prompt order, so the result does not depend on
+thread scheduling.
+
 ``prompt="boxes"`` replaces the point grid by the multi-scale box grid of
 :func:`alps.masks.prompts.build_box_grid` (for box-trained models such as LiteMedSAM; one mask
 output per box, as SAM does for box prompts). ``prompt=None`` picks the model's default.
