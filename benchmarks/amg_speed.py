@@ -36,6 +36,7 @@ from alps.data import sample_images
 from alps.masks import MaskGenerator
 from alps.models import load_sam
 from alps.models.vit_fast import encode_image
+from alps.runtime import allocator_tuned, keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_sam
@@ -137,6 +138,8 @@ def recall(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    if not args.no_malloc_tuning:  # what `alps label` runs with; applies to all three generators
+        keep_freed_memory()
     images = {name: sample_image(name) for name in IMAGES[: args.images]}
     report: dict[str, Any] = {
         "machine": {
@@ -144,6 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "matmul_peak_gflops_fp32": round(matmul_peak_gflops(), 1),
+            "malloc_tuned": allocator_tuned(),
         },
         "images": {k: list(v.shape) for k, v in images.items()},
         "results": [],
@@ -211,6 +215,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3, help="how many sample images (max 4)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument(
+        "--no-malloc-tuning", action="store_true", help="leave glibc malloc as it is (see alps.runtime)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = run(args)
