@@ -710,9 +710,8 @@ def label(
     from alps.exports import vector_suffixes
     from alps.runtime import keep_freed_memory
 
-    keep_freed_memory()  # ~20 % faster CPU mask generation (see alps.runtime)
-
     vector_suffixes(vector_format)  # raises ValueError for an unknown format
+    keep_freed_memory()  # ~20 % faster CPU mask generation (see alps.runtime)
     input_list = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     out = Path(out).expanduser()
     check_output_dir(input_list, out)
