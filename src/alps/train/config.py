@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+LOSSES = ("ce", "ce+dice")  # training losses; SegmentationModule implements them
+
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -64,7 +66,7 @@ class TrainConfig:
     loss: str = _opt(
         "ce",
         "training loss: 'ce' (cross-entropy) or 'ce+dice' (plus soft Dice: small structures, e.g. lesions)",
-        choices=("ce", "ce+dice"),
+        choices=LOSSES,
     )
     optimizer: str = _opt("adamw", "optimizer", choices=("adamw", "sgd"))
     lr: float = _opt(3e-4, "peak learning rate")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
+from alps.train.config import LOSSES
 from alps.train.inference import sliding_window_logits
 from alps.train.metrics import ConfusionMatrixMetric, scores_from_confusion
 from alps.train.models import build_model
@@ -48,8 +49,8 @@ class SegmentationModule(L.LightningModule):
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         self.val_cm = ConfusionMatrixMetric(num_classes, ignore_index)
-        if loss not in ("ce", "ce+dice"):
-            raise ValueError(f"loss must be 'ce' or 'ce+dice', got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.dice: nn.Module | None = (
             DiceLoss("multiclass", from_logits=True, ignore_index=ignore_index) if loss == "ce+dice" else None
         )
