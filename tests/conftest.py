@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
+
+
+def require_asset(what: str, fetch: Callable[[], T]) -> T:
+    """Fetch a real-data asset; skip the test when it cannot be fetched, but fail under ``CI=true``.
+
+    CI must check every promise on real data, so there a missing asset is an error, not a skip.
+    """
+    from alps._fetch import FetchError
+    from alps.models.weights import ChecksumError
+
+    try:
+        return fetch()
+    except ChecksumError:  # a corrupt or tampered file is an error, never a skip
+        raise
+    except FetchError as err:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: cannot fetch {what}: {err}")
+        pytest.skip(f"package index unreachable, cannot fetch {what}: {err}")
 
 
 @pytest.fixture(scope="session")
@@ -13,15 +36,9 @@ def litemedsam_checkpoint() -> Path:
 
     Skips, with the reason, only when the index cannot be reached; a checksum failure is an error.
     """
-    from alps._fetch import FetchError
-    from alps.models.weights import ChecksumError, fetch_weights
+    from alps.models.weights import fetch_weights
 
-    try:
-        return fetch_weights("litemedsam")
-    except ChecksumError:
-        raise
-    except FetchError as err:
-        pytest.skip(f"package index unreachable, cannot fetch the LiteMedSAM weights: {err}")
+    return require_asset("the LiteMedSAM weights", lambda: fetch_weights("litemedsam"))
 
 
 @pytest.fixture(scope="session")
@@ -31,10 +48,8 @@ def medical_cases() -> dict:
     Fetched once from the ``pyradiomics-bhklab`` source distribution (never installed); skips,
     with the reason, only when the package index cannot be reached.
     """
-    from alps._fetch import FetchError
     from alps.data_medical import sample_volumes
 
-    try:
-        return {case.id: case for case in sample_volumes()}
-    except FetchError as err:
-        pytest.skip(f"package index unreachable, cannot fetch the pyradiomics sample volumes: {err}")
+    return require_asset(
+        "the pyradiomics sample volumes", lambda: {case.id: case for case in sample_volumes()}
+    )

@@ -46,12 +46,9 @@ def test_unknown_sample_name(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def samples() -> list[Path]:
-    from alps._fetch import FetchError
+    from tests.conftest import require_asset
 
-    try:
-        return sample_images()
-    except FetchError as err:
-        pytest.skip(f"package index unreachable, cannot fetch the deepforest wheel: {err}")
+    return require_asset("the deepforest wheel", sample_images)
 
 
 def test_sample_images_are_real_neon_tiles(samples: list[Path]) -> None:

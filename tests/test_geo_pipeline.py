@@ -28,13 +28,10 @@ FAST: dict[str, Any] = {"masks": "slic", "points_per_side": 6, "clusters": 4, "p
 
 @pytest.fixture(scope="module")
 def neon(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from alps._fetch import FetchError
     from alps.data import sample_geotiff
+    from tests.conftest import require_asset
 
-    try:
-        return sample_geotiff(tmp_path_factory.mktemp("neon"))
-    except FetchError as err:
-        pytest.skip(f"cannot fetch the deepforest wheel: {err}")
+    return require_asset("the deepforest wheel", lambda: sample_geotiff(tmp_path_factory.mktemp("neon")))
 
 
 def _mirror_2x2(neon: Path) -> tuple[np.ndarray, dict[str, Any]]:

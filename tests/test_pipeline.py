@@ -452,13 +452,10 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def neon_tiles() -> list[Path]:
-    from alps._fetch import FetchError
     from alps.data import SMALL_IMAGES, sample_images
+    from tests.conftest import require_asset
 
-    try:
-        return sample_images(names=SMALL_IMAGES)
-    except FetchError as err:
-        pytest.skip(f"package index unreachable, cannot fetch the deepforest sample images: {err}")
+    return require_asset("the deepforest sample images", lambda: sample_images(names=SMALL_IMAGES))
 
 
 @pytest.mark.slow

