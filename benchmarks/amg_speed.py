@@ -32,11 +32,10 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
 from torch.utils.flop_counter import FlopCounterMode
 
-from alps.data import sample_images
-from alps.masks import MaskGenerator
-from alps.models import load_sam
-from alps.models.vit_fast import encode_image
-from alps.runtime import allocator_tuned, keep_freed_memory
+from alps.core.runtime import allocator_tuned, keep_freed_memory
+from alps.sam import MaskGenerator, load_sam
+from alps.sam.vit_fast import encode_image
+from alps.samples.neon import sample_images
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_sam
@@ -216,7 +215,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument(
-        "--no-malloc-tuning", action="store_true", help="leave glibc malloc as it is (see alps.runtime)"
+        "--no-malloc-tuning", action="store_true", help="leave glibc malloc as it is (see alps.core.runtime)"
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -5,19 +5,19 @@ Reproduce (the full run; JSON on stdout and in the file)::
     python benchmarks/label_quality.py --out label_quality.json
 
 Ground truth: the hand-drawn tree-crown boxes of the NEON sample images
-(:func:`alps.data.sample_tree_boxes`) rasterised per image into a two-class map, 1 = tree (inside any
+(:func:`alps.samples.neon.sample_tree_boxes`) rasterised per image into a two-class map, 1 = tree (inside any
 box, whatever its label: ``Tree``, or ``Alive``/``Dead`` for SOAP_061), 0 = not tree. Boxes are a coarse
 proxy for crowns: a box also covers ground in its corners and in gaps between branches, so even a perfect
 crown segmentation scores below 100 %; compare methods with each other, not with 100 %. Images
 without box annotations (SOAP_031) are labelled with the others (the clustering is unsupervised and sees
 the whole collection) but are left out of the evaluation; the output names them.
 
-Pseudo-labels: :func:`alps.pipeline.label` with the real LiteMedSAM weights (``model="litemedsam"``,
+Pseudo-labels: :func:`alps.labeling.run.label` with the real LiteMedSAM weights (``model="litemedsam"``,
 its default box-grid prompts and generator thresholds) and with ``masks="slic"`` (SLIC superpixels,
 ``n_segments = points_per_side**2``, features pooled from the same LiteMedSAM embedding), for each K in
 ``--clusters`` (same seed). The mask tables are computed once per method; other K values re-use them
 (``alps label`` only re-runs clustering and painting when only K changes). Each run's
-``labels/train/<id>.png`` is scored with :func:`alps.evaluate_labels.evaluate_label_dirs` (the same code as
+``labels/train/<id>.png`` is scored with :func:`alps.evaluate.labels.evaluate_label_dirs` (the same code as
 ``alps evaluate-labels``) against ``gt/<id>.png``: Hungarian and majority mIoU, pixel accuracy over
 labelled pixels, coverage, per-class IoU (0 = not tree, 1 = tree).
 """
@@ -38,9 +38,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine_info
-from alps.data import TreeBox, sample_images, sample_tree_boxes
-from alps.evaluate_labels import evaluate_label_dirs
-from alps.pipeline import label
+from alps.evaluate.labels import evaluate_label_dirs
+from alps.labeling.run import label
+from alps.samples.neon import TreeBox, sample_images, sample_tree_boxes
 
 METHODS = {"sam": {"masks": "sam"}, "slic": {"masks": "slic"}}
 KEYS = (

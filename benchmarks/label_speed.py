@@ -52,10 +52,11 @@ weights change no timing. ``--checkpoint vit_b`` uses the real ViT-B weights ins
 ``alps weights fetch vit_b``). Generator settings (the same for both sides) are recorded in the JSON.
 A random encoder gives noisy, low-stability masks: check ``masks_per_image`` in the output.
 
-alps side: ``alps.pipeline.label(..., model=<the same Sam>, mode="exact")`` and ``mode="fast"`` into
+alps side: ``alps.labeling.run.label(..., model=<the same Sam>, mode="exact")`` and ``mode="fast"`` into
 fresh output directories; stage seconds from ``manifest.json`` (per image: read, masks, gate, features,
 table; per run: hash inputs, load model, masks, cluster, labels); the end-to-end time is measured
-around the call. Images: the NEON tiles of :func:`alps.data.sample_images` (3 x 400 px, 1249 x 1035 px).
+around the call. Images: the NEON tiles of :func:`alps.samples.neon.sample_images`
+(3 x 400 px, 1249 x 1035 px).
 """
 
 from __future__ import annotations
@@ -83,10 +84,10 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_sam, emit, machine_info
-from alps.data import sample_images
-from alps.pipeline import StageTimer, label
-from alps.runtime import allocator_tuned, keep_freed_memory
-from alps.table import read_mask_table, table_rles
+from alps.core.runtime import allocator_tuned, keep_freed_memory
+from alps.labeling.run import StageTimer, label
+from alps.labeling.table import read_mask_table, table_rles
+from alps.samples.neon import sample_images
 
 RESEARCH_BATCH = 512  # MiniBatchKMeans batch size of the recipe
 POOL_SIZE = 256  # the recipe pools on a 256 x 256 grid (1024 / 4)
@@ -438,7 +439,7 @@ def main() -> None:
     parser.add_argument(
         "--tune-baseline-allocator",
         action="store_true",
-        help="apply alps.runtime.keep_freed_memory() before the baseline too (alps label always does)",
+        help="apply alps.core.runtime.keep_freed_memory() before the baseline too (alps label always does)",
     )
     parser.add_argument("--keep", type=Path, default=None, help="keep all outputs under this directory")
     parser.add_argument("--out", type=Path, default=None)
@@ -519,7 +520,7 @@ def main() -> None:
             "images": {p.stem: list(Image.open(p).size[::-1]) for p in paths},
             "baseline_kmeans": f"MiniBatchKMeans(batch_size={RESEARCH_BATCH}, n_init='auto') partial_fit",
             "mask_match_iou": MATCH_IOU,
-            # glibc malloc tuning of alps.runtime (alps label applies it; the recipe does not)
+            # glibc malloc tuning of alps.core.runtime (alps label applies it; the recipe does not)
             "malloc_tuned": {"baseline": baseline_tuned, "alps": allocator_tuned()},
         },
         "masks_per_image": {

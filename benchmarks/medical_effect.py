@@ -1,9 +1,9 @@
 """Does ALPS pre-training help on medical volumes? Lesion segmentation on the pyradiomics CT/MR cases.
 
 Data
-    The five pyradiomics test cases (``alps.data_medical.sample_volumes``: brain1, brain2, breast1 MR;
+    The five pyradiomics test cases (``alps.samples.medical.sample_volumes``: brain1, brain2, breast1 MR;
     lung1, lung2 CT), each a volume with one lesion mask. Slices along k, robust 0.5-99.5 % window,
-    the documented empty-slice rule (:mod:`alps.io.volume`).
+    the documented empty-slice rule (:mod:`alps.medical.volume`).
 
 Protocol
     1. ``alps label`` pseudo-labels every ``--slice-step``-th slice (default 2: 89 of 178) of all
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import cpu_train_config, emit, machine_info
-from alps.data_medical import CASES, MedicalCase, sample_volumes
+from alps.samples.medical import CASES, MedicalCase, sample_volumes
 from alps.train.config import TrainConfig
 from alps.train.run import evaluate, train
 
@@ -89,7 +89,7 @@ def pseudo_label(cases: dict[str, MedicalCase], out: Path, s: Settings) -> dict[
     """``alps label`` on every ``slice_step``-th slice of each volume (LiteMedSAM); a summary of the run."""
     import nibabel as nib
 
-    from alps.pipeline import label
+    from alps.labeling.run import label
 
     inputs = []
     for case in cases.values():

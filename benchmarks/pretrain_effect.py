@@ -109,11 +109,11 @@ def write_scaled_inputs(samples: dict[str, TreeImage], folder: Path, scale: floa
 
 
 def pseudo_label(inputs: Path, out: Path, masks: str, s: Settings) -> tuple[dict[str, Path], int]:
-    """Adapter to ``alps.pipeline.label``: returns ``{image id: label map path}`` and the class count.
+    """Adapter to ``alps.labeling.run.label``: returns ``{image id: label map path}`` and the class count.
 
     Kept small on purpose: if the labelling API changes, only this function needs fixing.
     """
-    from alps.pipeline import label
+    from alps.labeling.run import label
 
     run = label(
         inputs,

@@ -35,7 +35,7 @@ def _mosaic_sources() -> tuple[list[np.ndarray], dict[str, Any]]:
     import rasterio
     from PIL import Image
 
-    from alps.data import sample_geotiff, sample_images
+    from alps.samples.neon import sample_geotiff, sample_images
 
     with rasterio.open(sample_geotiff()) as src:
         profile = dict(src.profile)
@@ -80,7 +80,7 @@ def build_scene(path: Path, size: int) -> Path:
 
 
 def run_one(scene: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from alps.pipeline import label
+    from alps.labeling.run import label
 
     start = time.perf_counter()
     run = label(

@@ -17,8 +17,8 @@ def require_asset(what: str, fetch: Callable[[], T]) -> T:
 
     CI must check every promise on real data, so there a missing asset is an error, not a skip.
     """
-    from alps._fetch import FetchError
-    from alps.models.weights import ChecksumError
+    from alps.core.fetch import FetchError
+    from alps.sam.weights import ChecksumError
 
     try:
         return fetch()
@@ -36,7 +36,7 @@ def litemedsam_checkpoint() -> Path:
 
     Skips, with the reason, only when the index cannot be reached; a checksum failure is an error.
     """
-    from alps.models.weights import fetch_weights
+    from alps.sam.weights import fetch_weights
 
     return require_asset("the LiteMedSAM weights", lambda: fetch_weights("litemedsam"))
 
@@ -48,7 +48,7 @@ def medical_cases() -> dict:
     Fetched once from the ``pyradiomics-bhklab`` source distribution (never installed); skips,
     with the reason, only when the package index cannot be reached.
     """
-    from alps.data_medical import sample_volumes
+    from alps.samples.medical import sample_volumes
 
     return require_asset(
         "the pyradiomics sample volumes", lambda: {case.id: case for case in sample_volumes()}

@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_sam": "alps.models",
-    "MaskGenerator": "alps.masks",
-    "label": "alps.pipeline",
+    "load_sam": "alps.sam",
+    "MaskGenerator": "alps.sam",
+    "label": "alps.labeling.run",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alps.commands.train import add_config_flags, config_from_args
+from alps.cli.train import add_config_flags, config_from_args
 from alps.train.config import TrainConfig, merge, parse_devices, read_yaml, save_yaml
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from alps.cli import main
-from alps.io.volume import Window, apply_window, read_label_volume, read_volume, slice_2d
+from alps.medical.volume import Window, apply_window, read_label_volume, read_volume, slice_2d
 from alps.train.data import detect_layout, load_segmentation_data, read_image, read_label
-from tests.test_medical_pipeline import FAST, lesion_crop
-from tests.test_pipeline import tiny_sam
+from tests.labeling.test_run import tiny_sam
+from tests.labeling.test_volume_inputs import FAST, lesion_crop
 
 from .test_run import TINY
 
@@ -68,7 +68,7 @@ def test_volume_layout_slices_like_alps_label(volume_dataset: Path) -> None:
 
 def test_medical_pretrain_finetune_evaluate_chain(volume_dataset: Path, tmp_path: Path) -> None:
     """alps label (volumes) -> pretrain -> finetune on lesion slices -> evaluate on a held-out patient."""
-    from alps.pipeline import label
+    from alps.labeling.run import label
 
     pseudo = tmp_path / "pseudo"
     label([volume_dataset / "imagesTr", volume_dataset / "imagesTs"], pseudo, model=tiny_sam(), **FAST)

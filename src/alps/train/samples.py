@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from alps._fetch import cache_dir, extract_member, pip_download
+from alps.core.fetch import cache_dir, extract_member, pip_download
 
 DEEPFOREST = "deepforest==2.1.0"
 
@@ -42,7 +42,7 @@ class TreeImage:
 def fetch_deepforest_images(ids: Sequence[str] | None = None, dest: Path | None = None) -> list[TreeImage]:
     """Extract sample images (default: all of :data:`DEEPFOREST_IMAGES`) and their boxes into ``dest``.
 
-    Raises ``alps._fetch.FetchError`` when the package cannot be downloaded.
+    Raises ``alps.core.fetch.FetchError`` when the package cannot be downloaded.
     """
     dest = dest or cache_dir() / "samples" / "deepforest"
     archive = pip_download(DEEPFOREST)

@@ -8,7 +8,7 @@ Layout (nnU-Net style), picked by :func:`alps.train.data.detect_layout` as ``vol
     ROOT/dataset.json                  optional: nnU-Net's ``{"labels": {"background": 0, ...}}``
 
 Only the first channel (``_0000``) of multi-channel cases is read. Slicing follows
-:mod:`alps.io.volume` exactly as ``alps label`` does (same ``axis``, window rule and empty-slice
+:mod:`alps.medical.volume` exactly as ``alps label`` does (same ``axis``, window rule and empty-slice
 rule), so a network pre-trained on ``alps label`` output sees the same kind of images when
 fine-tuned here. ``volume_slices`` picks the slices:
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from alps.io.volume import (
+from alps.medical.volume import (
     DEFAULT_AXIS,
     MIN_FOREGROUND,
     Window,
@@ -138,8 +138,8 @@ def slice_pair(
     """
     from PIL import Image
 
-    from alps._fetch import cache_dir
-    from alps.table import atomic_path
+    from alps.core.fetch import cache_dir
+    from alps.labeling.table import atomic_path
 
     folder = (cache_root or cache_dir() / "volume_slices") / _cache_key(pair, settings)
     done = folder / "slices.json"

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from alps.labeling.cluster import ClusterModel, _Reservoir, assign_clusters, fit_clusters
+from alps.labeling.table import read_mask_table, write_mask_table
+
+DIM = 12
+
+
+def write_tables(root: Path, sizes: list[int], *, seed: int = 0, n_blobs: int = 5) -> dict[str, np.ndarray]:
+    """One table per image with features drawn from well-separated Gaussian blobs; returns true blob ids."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_blobs, DIM)) * 8.0
+    truth = {}
+    empty = np.zeros((2, 2), dtype=bool)
+    for i, n in enumerate(sizes):
+        blob = rng.integers(0, n_blobs, size=n)
+        features = (centres[blob] + rng.normal(size=(n, DIM))).astype(np.float32)
+        records = [{"segmentation": empty, "area": 0, "bbox": [0, 0, 0, 0]} for _ in range(n)]
+        image_id = f"img{i:03d}"
+        write_mask_table(root / f"{image_id}.parquet", image_id, records, features, (2, 2))
+        truth[image_id] = blob
+    return truth
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> tuple[list[Path], dict[str, np.ndarray]]:
+    truth = write_tables(tmp_path, [30] * 16)
+    return sorted(tmp_path.glob("*.parquet")), truth
+
+
+def fit(paths: list[Path], k: int = 5, seed: int = 1) -> ClusterModel:
+    return fit_clusters(paths, k, seed=seed, batch_size=64, passes=2, reservoir_size=200, progress=False)
+
+
+def test_recovers_separated_blobs(blobs: tuple[list[Path], dict[str, np.ndarray]]) -> None:
+    paths, truth = blobs
+    model = fit(paths)
+    assert model.centers.shape == (5, DIM) and model.centers.dtype == np.float32
+    assert model.n_features == 480 and model.n_seen == 2 * 480
+    assigned = assign_clusters(paths, model)
+    ids = sorted(truth)
+    assert sorted(assigned) == ids
+    ari = adjusted_rand_score(
+        np.concatenate([truth[i] for i in ids]), np.concatenate([assigned[i] for i in ids])
+    )
+    assert ari > 0.95
+    # written into the tables too
+    for path in paths:
+        stored = read_mask_table(path).column("cluster").to_numpy()
+        np.testing.assert_array_equal(stored, assigned[path.stem])
+    # inertia is the exact within-cluster sum of squares (noise variance 1 per dimension)
+    assert model.inertia == pytest.approx(480 * DIM, rel=0.25)
+
+
+def test_same_seed_same_result_whatever_the_path_order(
+    blobs: tuple[list[Path], dict[str, np.ndarray]],
+) -> None:
+    paths, _ = blobs
+    first = fit(paths)
+    again = fit(paths)
+    shuffled = fit(list(np.random.default_rng(7).permutation(np.array(paths, dtype=object))))
+    np.testing.assert_array_equal(first.centers, again.centers)
+    np.testing.assert_array_equal(first.centers, shuffled.centers)
+    a = assign_clusters(paths, first, write=False)
+    b = assign_clusters(paths[::-1], shuffled, write=False)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_fewer_masks_than_k(tmp_path: Path) -> None:
+    paths = [tmp_path / "img000.parquet", tmp_path / "img001.parquet"]
+    write_tables(tmp_path, [4, 3])
+    with pytest.warns(RuntimeWarning, match="k reduced from 46 to 7"):
+        model = fit_clusters(paths, 46, progress=False)
+    assert model.k == 46 and model.k_effective == 7
+    assert model.warnings and "7" in model.warnings[0]
+    assigned = assign_clusters(paths, model)
+    labels = np.concatenate([assigned["img000"], assigned["img001"]])
+    assert labels.dtype == np.int32 and len(labels) == 7
+    assert set(labels.tolist()) == set(range(7))  # each mask is its own centre
+
+
+def test_no_masks_at_all(tmp_path: Path) -> None:
+    write_tables(tmp_path, [0, 0])
+    paths = sorted(tmp_path.glob("*.parquet"))
+    with pytest.warns(RuntimeWarning, match="k reduced"):
+        model = fit_clusters(paths, 46, progress=False)
+    assert model.k_effective == 0 and model.centers.shape == (0, DIM)
+    assigned = assign_clusters(paths, model)
+    assert all(v.shape == (0,) for v in assigned.values())
+
+
+def test_save_load_round_trip(tmp_path: Path, blobs: tuple[list[Path], dict[str, np.ndarray]]) -> None:
+    paths, _ = blobs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = fit(paths)
+    path = tmp_path / "model" / "clusters.npz"
+    model.save(path)
+    loaded = ClusterModel.load(path)
+    np.testing.assert_array_equal(loaded.centers, model.centers)
+    assert loaded.metadata() == model.metadata()
+    with np.load(path, allow_pickle=False) as data:
+        assert set(data.files) == {"centers", "metadata"}
+    features = np.random.default_rng(0).normal(size=(10, DIM)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(features), model.predict(features))
+
+
+def test_predict_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    model = ClusterModel(centers=rng.normal(size=(7, 3)).astype(np.float32), seed=0, n_seen=0, inertia=0.0)
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    d = ((x[:, None, :] - model.centers[None]) ** 2).sum(-1)
+    labels, dists = model.nearest(x, batch_size=16)
+    np.testing.assert_array_equal(labels, d.argmin(1))
+    np.testing.assert_allclose(dists, d.min(1), rtol=1e-4, atol=1e-5)
+
+
+def test_reservoir_is_uniform() -> None:
+    reservoir = _Reservoir(500, 1, np.random.default_rng(0))
+    stream = np.arange(20000, dtype=np.float32)[:, None]
+    for start in range(0, 20000, 1000):
+        reservoir.add(stream[start : start + 1000])
+    sample = reservoir.sample()[:, 0]
+    assert len(np.unique(sample)) == 500
+    # uniform over 0..19999: mean 10000, sd of the mean ~ 5774 / sqrt(500) = 258
+    assert abs(sample.mean() - 10000) < 1000
+    assert (sample >= 10000).mean() == pytest.approx(0.5, abs=0.1)

@@ -1,0 +1,59 @@
+"""The restructured decoder pieces against SAM's own modules, on the real SAM decoder weights."""
+
+from __future__ import annotations
+
+import torch
+
+from alps.sam.decoder import ImageContext, decode_tokens, upscale_masks, upscale_masks_gemm
+
+
+def _decoded(sam: torch.nn.Module, n_prompts: int) -> tuple[ImageContext, object]:
+    gen = torch.Generator().manual_seed(0)
+    embedding = torch.randn(1, 256, 64, 64, generator=gen)
+    ctx = ImageContext.build(sam.prompt_encoder, sam.mask_decoder, embedding)
+    points = torch.rand(n_prompts, 1, 2, generator=gen) * 1024
+    labels = torch.ones(n_prompts, 1, dtype=torch.int)
+    sparse, _ = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    return ctx, decode_tokens(sam.mask_decoder, ctx, sparse)
+
+
+def test_gemm_upscaling_equals_the_decoder_modules(sam_real_decoder: torch.nn.Module) -> None:
+    """Transposed convs as matrix products + one final pixel shuffle = SAM's upscaling + hypernetworks."""
+    decoder = sam_real_decoder.mask_decoder
+    ctx, out = _decoded(sam_real_decoder, 3)
+    cases = {
+        "every output of every prompt, interleaved": (
+            torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2]),
+            torch.tensor([1, 1, 1, 2, 2, 2, 3, 3, 3]),
+        ),
+        "uneven outputs per prompt, a prompt left out": (torch.tensor([2, 0, 2]), torch.tensor([3, 0, 1])),
+    }
+    for name, (prompt_idx, mask_idx) in cases.items():
+        ref = upscale_masks(decoder, ctx, out, prompt_idx, mask_idx)  # type: ignore[arg-type]
+        got = upscale_masks_gemm(decoder, ctx, out, prompt_idx, mask_idx)  # type: ignore[arg-type]
+        assert got.shape == ref.shape == (len(prompt_idx), 256, 256), name
+        scale = ref.abs().max()
+        assert scale > 1.0, name  # real logits, not a degenerate all-zero output
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(scale), msg=name)
+        # the sign (the mask) agrees everywhere except within rounding distance of the threshold
+        flips = (got > 0) != (ref > 0)
+        assert bool((ref[flips].abs() < 1e-3).all()), name
+
+
+def test_upscale_masks_is_the_decoder_modules_bitwise(sam_real_decoder: torch.nn.Module) -> None:
+    """Exact mode's upscaling (activations in place) gives the very bits of SAM's output_upscaling."""
+    decoder = sam_real_decoder.mask_decoder
+    ctx, out = _decoded(sam_real_decoder, 2)
+    prompt_idx, mask_idx = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 3, 1, 2])
+    got = upscale_masks(decoder, ctx, out, prompt_idx, mask_idx)  # type: ignore[arg-type]
+    keys = out.keys  # type: ignore[attr-defined]
+    src = keys.transpose(1, 2).reshape(len(keys), -1, *ctx.size)
+    with torch.no_grad():
+        upscaled = decoder.output_upscaling(src)
+        tokens = out.mask_tokens[prompt_idx, mask_idx]  # type: ignore[attr-defined]
+        hyper = torch.stack(
+            [decoder.output_hypernetworks_mlps[int(m)](t) for t, m in zip(tokens, mask_idx, strict=True)]
+        )
+    ref = torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)[prompt_idx]).view(-1, 256, 256)
+    assert got.abs().max() > 1.0
+    assert torch.equal(got, ref)
