@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from alps.labeling.features import cell_weights, decode_masks, filter_masks, pool_mask_features, rle_of
+from alps.core.rle import decode_masks, rle_of
+from alps.labeling.features import cell_weights, filter_masks, pool_mask_features
 from alps.sam.types import Geometry
 
 # 40x80 image -> 32x64 input (ratio 0.8), padded to 64x64, 8x8 grid: one cell = 10x10 original pixels,

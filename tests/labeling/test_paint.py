@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alps.labeling.features import rle_of
+from alps.core.rle import rle_of
 from alps.labeling.paint import (
     IGNORE_INDEX,
     cluster_to_label_value,
@@ -144,3 +144,18 @@ def test_paint_table(tmp_path: Path) -> None:
     set_clusters(path, np.array([3, 7]))
     label = paint_table(read_mask_table(path))
     assert (label[SMALL] == 3).all() and (label[BIG & ~SMALL] == 7).all() and label[0, 0] == IGNORE_INDEX
+
+
+def test_paint_without_areas_handles_more_than_255_masks() -> None:
+    """pycocotools' list ``area`` overflows past 255 masks with numpy 2; painting must not care."""
+    height, width = 40, 300
+    rles = []
+    for i in range(300):  # one 1-px-wide column per mask, plus a wide mask under all of them
+        mask = np.zeros((height, width), dtype=bool)
+        mask[:, i] = True
+        rles.append(rle_of({"segmentation": mask}))
+    rles.append(rle_of({"segmentation": np.ones((height, width), dtype=bool)}))
+    ids = np.r_[np.arange(300) % 7, 9]
+    label = paint_label_map(height, width, rles, ids, num_clusters=10)
+    # every column keeps its small mask's cluster (smaller masks are painted over larger ones)
+    assert (label == (np.arange(300) % 7)[None, :]).all()

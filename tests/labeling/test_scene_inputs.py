@@ -211,7 +211,7 @@ def test_object_crossing_a_tile_corner_is_one_mask(
     for tile in plan.tiles:
         masks = load(tile)
         for i, rle in enumerate(masks.rles):
-            from alps.labeling.features import decode_rles
+            from alps.core.rle import decode_rles
 
             dense = decode_rles([rle])[0]
             inside = band[tile.y0 : tile.y1, tile.x0 : tile.x1]

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 
+from alps.core.rle import decode_rles, rle_of
 from alps.labeling import table as table_module
-from alps.labeling.features import decode_rles, rle_of
 from alps.labeling.table import (
     SCHEMA_VERSION,
     iter_feature_batches,

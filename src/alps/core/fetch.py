@@ -9,7 +9,6 @@ which may need build tools and executes the package's code).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -32,14 +31,6 @@ def cache_dir() -> Path:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "alps"
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download(requirement: str, dest: Path | None = None, *, sdist: bool = False) -> Path:

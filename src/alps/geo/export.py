@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from alps.labeling.table import atomic_path
+from alps.core.files import atomic_path
 
 __all__ = [
     "VECTOR_FORMATS",

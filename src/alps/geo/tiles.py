@@ -31,8 +31,8 @@ import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
+from alps.core.rle import decode_rles, rle_of
 from alps.geo.raster import Tile
-from alps.labeling.features import decode_rles, rle_of
 
 __all__ = [
     "LINK_IOU",

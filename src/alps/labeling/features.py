@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from pycocotools import mask as mask_utils
+
+from alps.core.rle import BoolArray, decode_masks
 
 if TYPE_CHECKING:  # only annotations: table/label/evaluation code must not pay for importing torch
     import torch
 
     from alps.sam.types import Geometry
 
-__all__ = ["cell_weights", "decode_masks", "decode_rles", "filter_masks", "pool_mask_features", "rle_of"]
+__all__ = ["cell_weights", "filter_masks", "pool_mask_features"]
 
-BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -54,70 +54,6 @@ def filter_masks(
         raise ValueError(f"image_area must be positive, got {image_area}")
     limit = max_area_fraction * image_area
     return [r for r in records if min_area <= int(r["area"]) and int(r["area"]) <= limit]
-
-
-def rle_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Compressed COCO RLE (``{"size": [H, W], "counts": str}``) of a mask record or RLE dict.
-
-    Accepts a generator record (``segmentation`` as an HxW bool array or an RLE dict), a compressed
-    RLE (``counts`` str/bytes) or an uncompressed RLE (``counts`` list of run lengths).
-    """
-    seg: Any = record["segmentation"] if "segmentation" in record else record
-    if isinstance(seg, np.ndarray):
-        if seg.ndim != 2:
-            raise ValueError(f"mask must be 2-D (H, W), got shape {seg.shape}")
-        rle = mask_utils.encode(np.asfortranarray(seg.astype(np.uint8, copy=False)))
-    elif isinstance(seg, Mapping) and "counts" in seg and "size" in seg:
-        height, width = (int(v) for v in seg["size"])
-        if isinstance(seg["counts"], list):
-            rle = mask_utils.frPyObjects(dict(seg), height, width)
-        else:
-            rle = {"size": [height, width], "counts": seg["counts"]}
-    else:
-        raise TypeError(f"cannot read a mask from {type(seg).__name__}; expected ndarray or COCO RLE dict")
-    counts = rle["counts"]
-    return {
-        "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else str(counts),
-    }
-
-
-def decode_masks(records: Sequence[Mapping[str, Any]], *, size: tuple[int, int] | None = None) -> BoolArray:
-    """Decode masks to a dense ``(N, H, W)`` bool array.
-
-    Args:
-        records: COCO RLE dicts, or generator records whose ``segmentation`` is an RLE or bool array.
-        size: ``(H, W)``; required only to give an empty input its shape.
-
-    Returns:
-        ``(N, H, W)`` bool array (C-contiguous).
-    """
-    if not records:
-        if size is None:
-            raise ValueError("decode_masks needs size=(H, W) when there are no masks")
-        return np.zeros((0, *size), dtype=bool)
-    segs = [r.get("segmentation") for r in records]
-    if all(isinstance(s, np.ndarray) for s in segs):  # dense records: no RLE round trip
-        dense = np.stack([np.asarray(s, dtype=bool) for s in segs])
-        if size is not None and dense.shape[1:] != tuple(size):
-            raise ValueError(f"masks have size {dense.shape[1:]}, expected {size}")
-        return dense
-    rles = [rle_of(r) for r in records]
-    shapes = {tuple(r["size"]) for r in rles}
-    if len(shapes) != 1:
-        raise ValueError(f"masks have different sizes: {sorted(shapes)}")
-    if size is not None and shapes != {tuple(size)}:
-        raise ValueError(f"masks have size {shapes.pop()}, expected {size}")
-    return decode_rles(rles)
-
-
-def decode_rles(rles: Sequence[Mapping[str, Any]]) -> BoolArray:
-    """Decode compressed COCO RLEs of one size to an ``(N, H, W)`` bool array (``N >= 1``)."""
-    with warnings.catch_warnings():
-        # pycocotools 2.0.x builds its output through an __array__ that numpy 2 flags as deprecated
-        warnings.filterwarnings("ignore", message=".*__array__ implementation", category=DeprecationWarning)
-        dense = mask_utils.decode([dict(r) for r in rles])  # (H, W, N) uint8, Fortran order
-    return np.ascontiguousarray(np.moveaxis(dense, -1, 0).astype(bool))
 
 
 def _cell_edges(length: int, input_length: int, geometry: Geometry) -> npt.NDArray[np.float64]:

@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from alps.labeling.features import decode_rles
-from alps.labeling.table import atomic_path, table_rles
+from alps.core.files import atomic_path
+from alps.core.rle import decode_rles, rle_areas, rle_bboxes
+from alps.labeling.table import table_rles
 
 __all__ = [
     "IGNORE_INDEX",
@@ -99,10 +99,10 @@ def paint_label_map(
     for i, rle in enumerate(rles):
         if tuple(int(v) for v in rle["size"]) != (height, width):
             raise ValueError(f"mask {i} has size {tuple(rle['size'])}, expected {(height, width)}")
-    mask_areas = np.asarray(mask_utils.area(rles) if areas is None else areas, dtype=np.int64).reshape(-1)
+    mask_areas = np.asarray(rle_areas(rles) if areas is None else areas, dtype=np.int64).reshape(-1)
     if mask_areas.shape[0] != len(rles):
         raise ValueError(f"{len(rles)} masks but {mask_areas.shape[0]} areas")
-    boxes = np.asarray(mask_utils.toBbox(rles), dtype=np.float64).reshape(-1, 4)
+    boxes = rle_bboxes(rles)
     for i in np.argsort(-mask_areas, kind="stable"):
         if ids[i] < 0:
             continue

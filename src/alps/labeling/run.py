@@ -71,8 +71,8 @@ import torch
 from tqdm.auto import tqdm
 
 from alps import __version__
+from alps.core.files import atomic_path, remove_stale_files
 from alps.core.images import ImageFile, ImageReadError, LoadedImage, find_images, load_image
-from alps.labeling.table import atomic_path, remove_stale_files
 from alps.sam.types import Geometry, MaskResult
 
 log = logging.getLogger("alps.labeling.run")
@@ -211,7 +211,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _sha256_file(path: Path) -> str:
-    from alps.core.fetch import sha256_file
+    from alps.core.files import sha256_file
 
     return sha256_file(path)
 

@@ -25,9 +25,6 @@ run never leaves a half-written table and a resumed run can trust every ``*.parq
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,11 +35,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
-from alps.labeling.features import rle_of
+from alps.core.files import atomic_path
+from alps.core.rle import rle_of
 
 __all__ = [
     "SCHEMA_VERSION",
-    "atomic_path",
     "iter_feature_batches",
     "mask_table_schema",
     "read_mask_table",
@@ -56,27 +53,6 @@ __all__ = [
 
 SCHEMA_VERSION = "1"
 ROW_GROUP_SIZE = 4096
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
-
-    The temporary name keeps the suffix so writers that pick a format by extension still work.
-    On error the temporary file is removed and ``path`` is left untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def mask_table_schema(
@@ -289,14 +265,3 @@ def set_clusters(path: Path | str, clusters: npt.ArrayLike) -> None:
     column = pa.array(values.astype(np.int32), pa.int32())
     updated = table.set_column(index, table.schema.field(index), column)
     _write_atomic(updated.replace_schema_metadata(table.schema.metadata), Path(path))
-
-
-def remove_stale_files(folder: Path, keep: set[Path]) -> None:
-    """Delete the files under ``folder`` (a folder alps owns) that are not in ``keep``, then empty folders."""
-    if not folder.exists():
-        return
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file() and path not in keep:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()

@@ -462,7 +462,7 @@ def write_label_volume(path: str | Path, labels: npt.NDArray[np.integer[Any]], r
     """
     import nibabel as nib
 
-    from alps.labeling.table import atomic_path
+    from alps.core.files import atomic_path
 
     labels = np.asarray(labels)
     if labels.shape != reference.shape:

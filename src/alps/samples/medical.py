@@ -119,7 +119,7 @@ def nrrd_to_nifti(source: str | Path, dest: str | Path, *, mask: bool = False) -
     """Convert an NRRD volume to ``.nii.gz`` (atomically); ``mask=True`` stores ``uint8`` 0/1."""
     import nibabel as nib
 
-    from alps.labeling.table import atomic_path
+    from alps.core.files import atomic_path
 
     voxels, affine = read_nrrd(source)
     if mask:

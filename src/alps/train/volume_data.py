@@ -139,7 +139,7 @@ def slice_pair(
     from PIL import Image
 
     from alps.core.fetch import cache_dir
-    from alps.labeling.table import atomic_path
+    from alps.core.files import atomic_path
 
     folder = (cache_root or cache_dir() / "volume_slices") / _cache_key(pair, settings)
     done = folder / "slices.json"

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from alps.core.files import remove_stale_files
 from alps.core.images import ImageFile
-from alps.labeling.table import remove_stale_files
 from alps.medical.volume import (
     AXIS_NAMES,
     MIN_FOREGROUND,
@@ -120,7 +120,7 @@ def _write_png_if_changed(path: Path, pixels: np.ndarray) -> None:
 
     from PIL import Image
 
-    from alps.labeling.table import atomic_path
+    from alps.core.files import atomic_path
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
