@@ -85,7 +85,8 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_sam, emit, machine_info
 from alps.core.runtime import allocator_tuned, keep_freed_memory
-from alps.labeling.run import StageTimer, label
+from alps.core.timing import StageTimer
+from alps.labeling.run import label
 from alps.labeling.table import read_mask_table, table_rles
 from alps.samples.neon import sample_images
 

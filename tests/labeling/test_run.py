@@ -23,7 +23,8 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from alps.cli import main as cli_main
 from alps.labeling.paint import IGNORE_INDEX, load_label_png, paint_table
-from alps.labeling.run import LabelRun, OutputDirError, ParamsMismatchError, _split_ids, label
+from alps.labeling.dataset import split_ids as _split_ids
+from alps.labeling.run import LabelRun, OutputDirError, ParamsMismatchError, label
 from alps.labeling.table import read_mask_table
 
 SRC = Path(__file__).resolve().parents[2] / "src"

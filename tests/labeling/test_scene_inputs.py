@@ -124,7 +124,7 @@ def test_large_scene_tiles_merges_and_resumes(
     scene = _write(tmp_path / "in" / "scene.tif", data, profile)
     out = tmp_path / "out"
     opts = {**FAST, "tile_size": 256, "tile_overlap": 48}
-    with caplog.at_level("INFO", logger="alps.labeling.inputs.scene"):
+    with caplog.at_level("INFO", logger="alps"):
         run = label(scene, out, model=tiny_sam(), **opts)
     # the estimate after the first tile: tiles to do, seconds per tile, minutes for the scene
     assert any("16 tiles to do, first tile took" in m and "min for the scene" in m for m in caplog.messages)
@@ -176,7 +176,7 @@ def test_object_crossing_a_tile_corner_is_one_mask(
 ) -> None:
     """A band across the corner of four tiles, whose small side pieces the gate drops: only the
     diagonal tiles keep a part, and the merge must still make it one object."""
-    import alps.labeling.run
+    import alps.labeling.sources
     from alps.geo.tiles import link_scene
     from alps.labeling.inputs.scene import TileSettings, _loader, plan_scene
 
@@ -185,7 +185,7 @@ def test_object_crossing_a_tile_corner_is_one_mask(
     band = (np.abs(yy - xx) <= 6 * np.sqrt(2)) & ((yy + xx) / 2 >= 120) & ((yy + xx) / 2 <= 330)
     data[:, band] = np.array([255, 0, 255], np.uint8)[:, None]
     scene = _write(tmp_path / "in" / "scene.tif", data, profile)
-    slic = alps.labeling.run.slic_records
+    slic = alps.labeling.sources.slic_records
 
     def with_band(image: np.ndarray, **kwargs: Any) -> list[dict[str, Any]]:
         """SLIC superpixels plus the magenta band as one mask (a stand-in for SAM finding it)."""
@@ -200,7 +200,7 @@ def test_object_crossing_a_tile_corner_is_one_mask(
                             "bbox": [float(v) for v in mask_utils.toBbox(rle)]})  # fmt: skip
         return records
 
-    monkeypatch.setattr(alps.labeling.run, "slic_records", with_band)
+    monkeypatch.setattr(alps.labeling.sources, "slic_records", with_band)
     out = tmp_path / "out"
     opts = {**FAST, "points_per_side": 5, "tile_size": 256, "tile_overlap": 64, "min_area": 1500}
     run = label(scene, out, model=tiny_sam(), **opts)

@@ -14,104 +14,27 @@ DEMO_DEFAULTS = {"clusters": 8, "points_per_side": 16, "out": "alps-demo"}
 
 def register(subparsers: Any) -> None:
     """Add ``label``, ``demo`` and ``evaluate-labels`` to the ``alps`` parser."""
+    from alps.core.config import add_flags
+    from alps.labeling.config import GROUPS, LabelConfig
+
     parser = subparsers.add_parser(
         "label",
         help="pseudo-label a collection of images with SAM masks and k-means (ALPS)",
-        description="Find images under INPUT (PNG, JPEG, TIFF, NIfTI volumes, DICOM series folders; "
-        "recursively), generate SAM masks, cluster "
-        "their features and write a segmentation dataset to --out. Re-running the same command resumes.",
+        description="Find images under INPUT (PNG, JPEG, TIFF, GeoTIFF scenes, NIfTI volumes, DICOM series "
+        "folders; recursively), generate SAM masks, cluster their features and write a segmentation dataset "
+        "to --out. Re-running the same command resumes. Every option is also a key of a --config YAML file "
+        "(flags given on the command line win).",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image or volume files, or folders")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (outside every INPUT)")
-    add_label_options(parser)
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image or volume files, or folders")
+    parser.add_argument("--out", metavar="DIR", help="output directory (outside every INPUT)")
+    parser.add_argument("--config", metavar="YAML", help="options from a YAML (or JSON) file")
     parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="fraction of images in the val split, deterministic in --seed (default: 0)",
+        "--print-config", action="store_true", help="print the effective options as YAML and exit"
     )
     parser.add_argument(
-        "--masks",
-        choices=("sam", "slic"),
-        default="sam",
-        help="mask source: SAM, or SLIC superpixels as an ablation baseline (default: sam)",
+        "--engine", choices=("local", "ray"), default="local", help="where the stages run (default: local)"
     )
-    parser.add_argument(
-        "--generator-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other SamAutomaticMaskGenerator keyword, e.g. pred_iou_thresh=0.8 "
-        "(repeatable; VALUE is read as JSON, else as a string)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="discard earlier work in DIR made with other settings instead of refusing",
-    )
-    raster = parser.add_argument_group(
-        "raster scenes",
-        "GeoTIFFs that are georeferenced or larger than one tile are read tile by tile (memory bounded by "
-        "the tile) and get a label GeoTIFF with the same CRS and transform, a preview and polygons "
-        "(vectors/*.gpkg and/or *.geojson)",
-    )
-    raster.add_argument(
-        "--bands",
-        default=None,
-        metavar="B,B,B",
-        help="1-based bands shown to SAM as RGB, e.g. 4,3,2 (one band is replicated; default: the RGB-tagged "
-        "bands, else 1,2,3); non-8-bit bands get a per-band 2-98%% stretch estimated on the whole scene",
-    )
-    raster.add_argument(
-        "--tile-size",
-        type=int,
-        default=None,
-        metavar="PX",
-        help="tile side in pixels (default: 1024 for SAM/MobileSAM, 512 for LiteMedSAM)",
-    )
-    raster.add_argument(
-        "--tile-overlap",
-        type=int,
-        default=None,
-        metavar="PX",
-        help="overlap of neighbouring tiles in pixels (default: tile size / 8)",
-    )
-    raster.add_argument(
-        "--vector-format",
-        choices=("gpkg", "geojson", "both"),
-        default="gpkg",
-        help="polygons of the labelled regions: GeoPackage (default), GeoJSON or both "
-        "(attributes: cluster, area in CRS units, pixels)",
-    )
-    medical = parser.add_argument_group(
-        "medical volumes",
-        "NIfTI files (.nii, .nii.gz) and DICOM series folders are sliced, each kept slice is labelled "
-        "like an image, and the labels are stacked back into DIR/labels/<volume id>.nii.gz with the "
-        "input's affine and header (255 = unlabeled); per-slice PNGs stay in images/ and labels/",
-    )
-    medical.add_argument(
-        "--axis",
-        type=int,
-        choices=(0, 1, 2),
-        default=2,
-        help="voxel axis to slice along (default: 2, the slice axis of most scans)",
-    )
-    medical.add_argument(
-        "--window",
-        default=None,
-        metavar="CENTER,WIDTH",
-        help="intensity window, e.g. 40,400 for CT soft tissue "
-        "(default: the 0.5-99.5%% percentiles of each volume)",
-    )
-    medical.add_argument(
-        "--min-foreground",
-        type=float,
-        default=None,
-        metavar="F",
-        help="skip slices with less than this share of foreground pixels (windowed value above 10%% of the "
-        "window; default: 0.05; 0 keeps every slice)",
-    )
+    add_flags(parser, LabelConfig, groups=GROUPS)
     parser.set_defaults(func=label_command)
 
     demo = subparsers.add_parser(
@@ -164,61 +87,6 @@ def register(subparsers: Any) -> None:
     evaluate.set_defaults(func=evaluate_labels_command)
 
 
-def add_label_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default="litemedsam", help="litemedsam, vit_t, vit_b, vit_l or vit_h (default: litemedsam)"
-    )
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        metavar="PATH",
-        help="weights file or registry name (default: the model's registered weights; "
-        "'random' = random initialisation, for tests)",
-    )
-    parser.add_argument("--clusters", type=int, default=46, help="number of pseudo-classes (default: 46)")
-    parser.add_argument(
-        "--area-threshold",
-        type=float,
-        default=0.3,
-        help="drop masks covering more than this fraction of the image (default: 0.3)",
-    )
-    parser.add_argument(
-        "--min-area", type=int, default=0, metavar="N", help="drop masks smaller than N pixels (default: 0)"
-    )
-    parser.add_argument(
-        "--points-per-side", type=int, default=32, metavar="N", help="prompt grid N x N (default: 32)"
-    )
-    parser.add_argument(
-        "--prompt",
-        choices=("points", "boxes"),
-        default=None,
-        help="prompt type (default: the model's own: boxes for litemedsam, else points)",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=("exact", "fast"),
-        default="exact",
-        help="exact = the official generator's masks; fast = quicker (default: exact)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of clustering and split (default: 0)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-
-def _parse_generator_args(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--generator-arg expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out[key.strip()] = value
-    return out
-
-
 def _setup_logging() -> None:
     """Warnings to the terminal; the run's full INFO log goes to DIR/log.txt (see alps.labeling.run)."""
     root = logging.getLogger()
@@ -229,12 +97,12 @@ def _setup_logging() -> None:
         root.addHandler(handler)
 
 
-def _run_label(inputs: list[str], out: str, **kwargs: Any) -> int:
+def _run_label(inputs: list[str], out: str, config: Any = None, **kwargs: Any) -> int:
     from alps.core.fetch import FetchError
     from alps.labeling.run import OutputDirError, ParamsMismatchError, label
 
     try:
-        run = label(inputs, out, **kwargs)
+        run = label(inputs, out, config, **kwargs)
     except (OutputDirError, ParamsMismatchError) as err:
         print(f"alps label: {err}", file=sys.stderr)
         return 2
@@ -245,39 +113,37 @@ def _run_label(inputs: list[str], out: str, **kwargs: Any) -> int:
     return 0 if run.ok or any(v.status == "ok" for v in run.volumes) else 1
 
 
+def label_config(args: argparse.Namespace) -> Any:
+    """The run's :class:`LabelConfig`: defaults < ``--config`` file < flags given."""
+    import dataclasses
+
+    from alps.core.config import merge, read_config_file
+    from alps.labeling.config import LabelConfig
+
+    names = {f.name for f in dataclasses.fields(LabelConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    from_file = read_config_file(args.config) if args.config else {}
+    if "generator" in flags and "generator" in from_file:  # KEY=VALUE flags extend the file's mapping
+        flags["generator"] = {**from_file["generator"], **flags["generator"]}
+    return merge(LabelConfig, from_file, flags)
+
+
 def label_command(args: argparse.Namespace) -> int:
     _setup_logging()
+    from alps.core.config import to_yaml
+
     try:
-        extra = _parse_generator_args(args.generator_arg)
-    except ValueError as err:
+        config = label_config(args)
+    except (OSError, ValueError, TypeError) as err:
         print(f"alps label: {err}", file=sys.stderr)
         return 2
-    return _run_label(
-        args.inputs,
-        args.out,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        clusters=args.clusters,
-        area_threshold=args.area_threshold,
-        min_area=args.min_area,
-        points_per_side=args.points_per_side,
-        prompt=args.prompt,
-        mode=args.mode,
-        device=args.device,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        masks=args.masks,
-        force=args.force,
-        progress=args.progress,
-        bands=args.bands,
-        tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
-        axis=args.axis,
-        window=args.window,
-        min_foreground=args.min_foreground,
-        vector_format=args.vector_format,
-        **extra,
-    )
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
+    if not args.inputs or not args.out:
+        print("alps label: give INPUT... and --out DIR (or --print-config)", file=sys.stderr)
+        return 2
+    return _run_label(args.inputs, args.out, config, engine=args.engine)
 
 
 def demo_command(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from alps.labeling.table import table_rles
 
 __all__ = [
     "IGNORE_INDEX",
+    "class_counts",
     "cluster_to_label_value",
     "colour_overlay",
     "label_value_to_cluster",
@@ -246,3 +247,10 @@ def save_overlay(
     overlay = colour_overlay(image, label_map, alpha=alpha, colours=colours)
     with atomic_path(target) as tmp:
         Image.fromarray(overlay).save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+def class_counts(label_map: npt.ArrayLike, k: int) -> npt.NDArray[np.int64]:
+    """``(k,)`` pixels per cluster ``0..k-1`` of a label map (unlabeled pixels not counted)."""
+    clusters = label_value_to_cluster(label_map).reshape(-1)
+    clusters = clusters[(clusters >= 0) & (clusters < k)]
+    return np.bincount(clusters, minlength=k)[:k].astype(np.int64) if k else np.zeros(0, np.int64)

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from alps.core.files import link_or_copy
+from alps.core.images import ImageFile, ImageReadError
 from alps.geo.raster import (
     BandStretch,
     Scene,
@@ -39,7 +39,7 @@ from alps.geo.raster import (
     plan_tiles,
     read_tile,
 )
-from alps.sam.types import MaskResult
+from alps.labeling.inputs.base import PaintContext, Painted, Records, UnitPixels, UnitResult
 
 log = logging.getLogger("alps.labeling.inputs.scene")
 
@@ -69,6 +69,10 @@ class ScenePlan:
     stretch: BandStretch
     tile_size: int
     tile_overlap: int
+
+    def source_mode(self) -> str:
+        """Data types and band count, e.g. ``uint16x4``."""
+        return f"{'/'.join(sorted(set(self.scene.dtypes)))}x{self.scene.count}"
 
     def settings(self) -> dict[str, Any]:
         """What the tile tables depend on besides the run parameters (kept in the state file)."""
@@ -108,73 +112,120 @@ def scene_tables(out: Path, scene_id: str, plan: ScenePlan) -> list[Path]:
     return [p for p in (tile_table(out, scene_id, t) for t in plan.tiles) if p.exists()]
 
 
-def process_scene(
-    scene_id: str,
-    plan: ScenePlan,
-    source: Callable[[np.ndarray], MaskResult],
-    out: Path,
-    area_threshold: float,
-    min_area: int,
-    *,
-    fresh: bool,
-    progress: bool,
-) -> dict[str, Any]:
-    """Stages 1-4 for every tile not done yet; returns counts and timings for the state file."""
-    import rasterio
+@dataclass(frozen=True)
+class TileUnit:
+    """One tile of a scene as phase A sees it (windowed read with the scene-wide stretch)."""
 
-    from alps.geo.tiles import clip_to_valid, owned_masks
-    from alps.labeling.features import filter_masks, pool_mask_features
-    from alps.labeling.table import write_mask_table
+    scene_id: str
+    plan: ScenePlan
+    tile: Tile
 
-    folder = out / "tables" / scene_id
-    if fresh and folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    todo = [t for t in plan.tiles if not _tile_done(out, scene_id, t)]
-    s = plan.scene
-    log.info(
-        "%s: %d x %d px, %d band(s) %s, %d tile(s) of %d px (overlap %d), %d to do",
-        scene_id, s.width, s.height, s.count, list(s.bands), len(plan.tiles),
-        plan.tile_size, plan.tile_overlap, len(todo),
-    )  # fmt: skip
-    n_masks = n_kept = 0
-    seconds: list[float] = []
-    with bounded_gdal_cache(), rasterio.open(s.path) as src:
-        for tile in tqdm(todo, desc=f"tiles {scene_id}", unit="tile", disable=not progress or len(todo) < 2):
-            start = time.perf_counter()
-            rgb, valid = read_tile(src, tile, plan.stretch)
-            path = tile_table(out, scene_id, tile)
-            if not valid.any():
-                path.with_suffix(".empty").touch()
-                continue
-            result = source(rgb)
-            records = clip_to_valid(result.masks, valid)
-            kept = filter_masks(
-                records, tile.height * tile.width, max_area_fraction=area_threshold, min_area=min_area
-            )
-            kept = owned_masks(kept, tile)
-            features = pool_mask_features(result.embedding, kept, result.geometry)
-            write_mask_table(path, f"{scene_id}/{tile.key}", kept, features, (tile.height, tile.width))
-            n_masks += len(result.masks)
-            n_kept += len(kept)
-            seconds.append(time.perf_counter() - start)
-            if len(seconds) == 1 and len(todo) > 1:
-                _report_estimate(scene_id, len(todo), seconds[0], progress)
-    return {"n_masks": n_masks, "n_masks_kept": n_kept, "tile_seconds": seconds}
+    @property
+    def id(self) -> str:
+        return f"{self.scene_id}/{self.tile.key}"
+
+    @property
+    def item_id(self) -> str:
+        return self.scene_id
+
+    @property
+    def table(self) -> str:
+        return f"tables/{self.scene_id}/{self.tile.key}.parquet"
+
+    def read(self) -> UnitPixels:
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        try:
+            with bounded_gdal_cache(), rasterio.open(self.plan.scene.path) as src:
+                rgb, valid = read_tile(src, self.tile, self.plan.stretch)
+        except (RasterioError, OSError) as err:
+            raise ImageReadError(f"{self.plan.scene.path}: cannot read raster tile ({err})") from err
+        return UnitPixels(rgb, valid, self.plan.source_mode(), [])
+
+    def restrict(self, records: Records, pixels: UnitPixels) -> Records:
+        from alps.geo.tiles import clip_to_valid
+
+        return clip_to_valid(records, pixels.valid) if pixels.valid is not None else records
+
+    def own(self, records: Records) -> Records:
+        from alps.geo.tiles import owned_masks
+
+        return owned_masks(records, self.tile)
 
 
-def _report_estimate(scene_id: str, n_tiles: int, first: float, progress: bool) -> None:
-    total = first * n_tiles
-    message = (
-        f"{scene_id}: {n_tiles} tiles to do, first tile took {first:.1f} s: about "
-        f"{total / 60:.1f} min for the scene (resumable per tile)"
-    )
-    if total > ESTIMATE_WARN_SECONDS:
-        log.warning(message)
-    else:
-        log.info(message)
-        if progress:
-            tqdm.write(message)
+@dataclass(frozen=True)
+class SceneItem:
+    """A raster scene: tiles in phase A, one stitched label GeoTIFF, overlay and vectors in phase C."""
+
+    file: ImageFile
+    plan: ScenePlan
+    group: str
+    unit_name: str = "tile"
+
+    def settings(self) -> dict[str, Any]:
+        return self.plan.settings()
+
+    def units(self) -> Sequence[TileUnit]:
+        return [TileUnit(self.file.id, self.plan, t) for t in self.plan.tiles]
+
+    def unit_done(self, out: Path, unit: Any) -> bool:
+        path = out / unit.table
+        return path.exists() or path.with_suffix(".empty").exists()
+
+    def discard(self, out: Path) -> None:
+        shutil.rmtree(out / "tables" / self.file.id, ignore_errors=True)
+
+    def tables(self, out: Path) -> list[Path]:
+        return scene_tables(out, self.file.id, self.plan)
+
+    def describe(self, results: Sequence[UnitResult], out: Path) -> dict[str, Any]:
+        """Generated masks: the tiles done by this run; kept masks: every tile table of the scene."""
+        import pyarrow.parquet as pq
+
+        plan, scene = self.plan, self.plan.scene
+        notes = [f"bands {','.join(str(b) for b in scene.bands)} of {scene.count}"]
+        if plan.stretch.low is not None:
+            lo, hi = plan.stretch.percentiles
+            notes.append(f"stretched per band ({lo:g}-{hi:g}%, whole-scene sample)")
+        notes.append(f"tiled {plan.tile_size} px, overlap {plan.tile_overlap} px")
+        tile_seconds = [sum(r.seconds.values()) for r in results if r.status == "ok"]
+        return {
+            "height": scene.height,
+            "width": scene.width,
+            "source_mode": plan.source_mode(),
+            "conversion": notes,
+            "tiles": len(plan.tiles),
+            "n_masks": sum(r.n_masks for r in results),
+            "n_masks_kept": sum(pq.ParquetFile(t).metadata.num_rows for t in self.tables(out)),
+            "seconds": {
+                "total": round(sum(tile_seconds), 3),
+                "per_tile": round(float(np.mean(tile_seconds)), 3) if tile_seconds else 0.0,
+            },
+        }
+
+    def paint(self, ctx: PaintContext, split: str) -> Painted:
+        from rasterio.errors import RasterioError
+
+        predict = ctx.model.predict if ctx.model is not None and ctx.k else None
+        try:
+            made = label_scene(
+                self.file.id, self.plan, ctx.out, split, ctx.assignments, predict, ctx.k, ctx.colours,
+                ctx.vector_format,
+            )  # fmt: skip
+        except (RasterioError, OSError) as err:  # the raster changed or vanished since phase A
+            raise ImageReadError(f"{self.file.path}: {type(err).__name__}: {err}") from err
+        dest = ctx.out / "images" / split / f"{self.file.id}{self.file.path.suffix}"
+        image_path = place_scene(self.file.path, dest)
+        return Painted(
+            image=image_path.relative_to(ctx.out).as_posix(),
+            label=made["label"].relative_to(ctx.out).as_posix(),
+            overlay=made["overlay"].relative_to(ctx.out).as_posix(),
+            table=f"tables/{self.file.id}",
+            counts=made["counts"],
+            files=[made["label"], made["overlay"], *made["vectors"], image_path],
+            vector=made["vector"].relative_to(ctx.out).as_posix(),
+        )
 
 
 def _loader(out: Path, scene_id: str, assignments: dict[str, np.ndarray], features: bool) -> Any:
@@ -279,21 +330,4 @@ def label_scene(
 
 def place_scene(path: Path, dest: Path) -> Path:
     """Put the scene itself in the dataset (hard link, else copy), keeping its suffix."""
-    import os
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():
-        try:
-            if os.path.samefile(dest, path) or (
-                dest.stat().st_size == path.stat().st_size
-                and dest.stat().st_mtime_ns == path.stat().st_mtime_ns
-            ):
-                return dest
-        except OSError:
-            pass
-        dest.unlink()
-    try:
-        os.link(path, dest)
-    except OSError:
-        shutil.copy2(path, dest)
-    return dest
+    return link_or_copy(path, dest)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from alps.core.files import remove_stale_files
 from alps.core.images import ImageFile
+from alps.labeling.inputs.image import ImageItem
 from alps.medical.volume import (
     AXIS_NAMES,
     MIN_FOREGROUND,
@@ -82,6 +83,21 @@ class VolumeSet:
     @property
     def failed(self) -> list[VolumeRecord]:
         return [r for r in self.records if r.status == "failed"]
+
+    def items(self) -> list[ImageItem]:
+        """One item per kept slice; its group is its volume, so all slices land in one split."""
+        return [ImageItem(f, self.group[f.id], "slice") for f in self.files]
+
+    def finish(self, out: Path, labels: dict[str, Path]) -> set[Path]:
+        """Stack the slices' label maps back into label volumes (:meth:`assemble`)."""
+        return self.assemble(out, {sid: path for sid, path in labels.items() if sid in self.group})
+
+    def manifest(self) -> dict[str, Any]:
+        return {"volumes": [asdict(r) for r in self.records]} if self.records else {}
+
+    def notes(self) -> list[str]:
+        n = len(self.failed)
+        return [f"{n} volume(s) could not be read and were skipped (see manifest)"] if n else []
 
     def assemble(self, out: Path, label_paths: dict[str, Path]) -> set[Path]:
         """Write ``DIR/labels/<volume id>.nii.gz`` from the slice label PNGs; return the paths written.
