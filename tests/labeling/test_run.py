@@ -22,8 +22,8 @@ from PIL import Image
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from alps.cli import main as cli_main
-from alps.labeling.paint import IGNORE_INDEX, load_label_png, paint_table
 from alps.labeling.dataset import split_ids as _split_ids
+from alps.labeling.paint import IGNORE_INDEX, load_label_png, paint_table
 from alps.labeling.run import LabelRun, OutputDirError, ParamsMismatchError, label
 from alps.labeling.table import read_mask_table
 
