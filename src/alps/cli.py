@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "alps.commands.weights",  # alps weights list|fetch
     "alps.commands.label",  # alps label | demo | evaluate-labels
     "alps.commands.train",  # alps pretrain | finetune | evaluate
+    "alps.review.cli",  # alps report | map | export
 )
 
 
