@@ -457,7 +457,7 @@ th{background:#f2f4f7;font-weight:600}td.l,th.l{text-align:left}tr.ignored td{op
 .meta{color:var(--muted);font-weight:400;font-size:13px}
 .controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin:6px 0 10px}
 .controls input[type=text]{width:220px;padding:4px 6px;border:1px solid #c9ced6;border-radius:5px;font:inherit}
-select{font:inherit;padding:3px;max-width:260px}
+select{font:inherit;padding:3px;width:240px}
 .crops{display:flex;flex-wrap:wrap;gap:6px}.crops img{width:144px;height:144px;object-fit:contain;
 background:#111;border-radius:6px}.near{margin-top:8px;color:var(--muted);display:flex;flex-wrap:wrap;gap:8px;
 align-items:center}.near button{padding:1px 7px;font-size:12px}.comp{margin-top:6px;font-size:13px}
@@ -577,7 +577,7 @@ def _cluster_section(info: ClusterInfo, infos: list[ClusterInfo], share: float) 
         comp = f'<div class="comp">ground truth: {parts} <span class="meta">purity {_pct(info.purity)}</span></div>'
     return (
         f'<article class="cluster" id="cluster-{c}"><h3><span class="sw" style="background:{info.colour}"></span>'
-        f'Cluster {c} <span class="meta">{_pct(share)} of labelled px · {info.masks} masks · {info.images} images · '
+        f'Cluster {c} <span class="meta">{_pct(share)} of labelled px · {info.masks} masks · {info.images} image{"s" if info.images != 1 else ""} · '
         f'median {info.median_area:.0f} px</span> <span class="meta" data-status="{c}"></span></h3>'
         f'<div class="controls"><label>Name <input type="text" class="name" data-cluster="{c}" '
         f'placeholder="cluster_{c}"></label><label>Merge into <select class="merge" data-cluster="{c}">'
