@@ -28,8 +28,8 @@ def make_dataset(root: Path, k: int, maps: dict[str, np.ndarray]) -> Path:
     records = []
     for image_id, clusters in maps.items():
         h, w = clusters.shape
-        save_label_png(root / "labels" / "train" / f"{image_id}.png",
-                       cluster_to_label_value(clusters).astype(np.uint16 if k > 255 else np.uint8))  # fmt: skip
+        stored = cluster_to_label_value(clusters).astype(np.uint16 if k > 255 else np.uint8)
+        save_label_png(root / "labels" / "train" / f"{image_id}.png", stored)
         (root / "images" / "train").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root / "images" / "train" / f"{image_id}.png")
         records.append({"id": image_id, "status": "ok", "split": "train", "height": h, "width": w,
@@ -177,8 +177,8 @@ def test_uint16_clusters_above_255(tmp_path: Path) -> None:
     run = make_dataset(tmp_path / "wide", k, {"w": clusters})
     stored = load_label_png(run / "labels" / "train" / "w.png")
     assert stored.dtype == np.uint16 and stored.max() == 300  # cluster 299 is stored + 1
-    mapping = parse_mapping({"classes": {"low": list(range(0, 255)), "c255": [255], "high": list(range(256, 299))},
-                             "ignore": [299]}, k)  # fmt: skip
+    classes = {"low": list(range(0, 255)), "c255": [255], "high": list(range(256, 299))}
+    mapping = parse_mapping({"classes": classes, "ignore": [299]}, k)
     apply_mapping(run, mapping, tmp_path / "out")
     got = load_label_png(tmp_path / "out" / "labels" / "train" / "w.png")
     assert got.dtype == np.uint8  # three classes fit in uint8
