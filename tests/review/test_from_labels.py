@@ -56,3 +56,16 @@ def test_from_labels_maps_trees_better_than_any_single_cluster(
         tp += int(((pred == 1) & truth).sum())
         union += int(((pred == 1) | truth).sum())
     assert tp / union == pytest.approx(tree["iou_mapped"], abs=1e-9)
+
+
+def test_report_with_ground_truth_shows_composition_and_scores(
+    labelled_run: Path, neon_assets: dict[str, Any], tmp_path: Path
+) -> None:
+    from alps.review.report import build_report
+
+    gt = tree_gt(tmp_path / "gt", neon_assets["boxes"])
+    result = build_report(labelled_run, tmp_path / "report", gt_dir=gt, class_names=["not-tree", "tree"])
+    page = result.path.read_text()
+    assert 'id="ground-truth"' in page and "mIoU Hungarian" in page
+    assert page.count("purity") >= 8  # one per cluster section (+ the overview column)
+    assert "ground truth: " in page and "tree" in page

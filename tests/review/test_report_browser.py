@@ -89,6 +89,7 @@ def test_report_in_chromium_rename_merge_download_and_map(
                 arg=section.element_handle(), timeout=10_000,
             )  # fmt: skip
         page.fill(f'input.name[data-cluster="{renamed}"]', "tree crown")
+        page.focus(f'select.merge[data-cluster="{merged}"]')  # a user opens the selector first
         page.select_option(f'select.merge[data-cluster="{merged}"]', str(renamed))
         page.check(f'input.ignore[data-cluster="{ignored}"]')
         assert "tree crown" in page.locator("#mapping-preview").inner_text()

@@ -452,7 +452,7 @@ th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:right;white
 th{background:#f2f4f7;font-weight:600}td.l,th.l{text-align:left}tr.ignored td{opacity:.45}
 .sw{display:inline-block;width:14px;height:14px;border-radius:3px;vertical-align:-2px;border:1px solid #0003}
 .bar{display:inline-block;height:8px;background:var(--accent);border-radius:4px;vertical-align:middle}
-.cluster{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 14px;margin:12px 0}
+.cluster{content-visibility:auto;contain-intrinsic-size:auto 420px;background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 14px;margin:12px 0}
 .cluster.ignored{opacity:.55}.cluster h3{margin:0 0 6px;font-size:15px;display:flex;gap:10px;align-items:center}
 .meta{color:var(--muted);font-weight:400;font-size:13px}
 .controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin:6px 0 10px}
@@ -493,33 +493,41 @@ function toJSON(m){return JSON.stringify({classes:Object.fromEntries(m.classes),
 function download(name,text,type){const a=document.createElement('a');
  a.href=URL.createObjectURL(new Blob([text],{type:type}));a.download=name;document.body.appendChild(a);a.click();
  setTimeout(function(){URL.revokeObjectURL(a.href);a.remove();},1000);}
-function options(sel,c){const cur=S.merge[c]===undefined?'':String(S.merge[c]);const parts=['<option value="">— none —</option>'];
- for(const o of D.order){if(o===c)continue;parts.push('<option value="'+o+'">'+o+(nm(o)?' · '+esc(nm(o)):'')+'</option>');}
- sel.innerHTML=parts.join('');sel.value=cur;}
+function opt(o){return '<option value="'+o+'">'+o+(nm(o)?' · '+esc(nm(o)):'')+'</option>';}
+function options(sel,c,full){const cur=S.merge[c]===undefined?'':String(S.merge[c]);const parts=['<option value="">— none —</option>'];
+ if(full){for(const o of D.order){if(o!==c)parts.push(opt(o));}}else if(cur!==''){parts.push(opt(+cur));}
+ sel.innerHTML=parts.join('');sel.value=cur;sel.dataset.full=full?'1':'';}
 function esc(t){return t.replace(/[&<>"]/g,function(ch){return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[ch];});}
+const statusEls=[],rowEls=[];for(let c=0;c<K;c++){statusEls.push([]);rowEls.push([]);}
+document.querySelectorAll('[data-status]').forEach(function(el){const c=+el.dataset.status;if(c<K)statusEls[c].push(el);});
+document.querySelectorAll('[data-row]').forEach(function(el){const c=+el.dataset.row;if(c<K)rowEls[c].push(el);});
+for(let c=0;c<K;c++){const a=document.getElementById('cluster-'+c);if(a)rowEls[c].push(a);}
 function refresh(){const m=mapping();
  for(let c=0;c<K;c++){const r=root(c),ign=!!(S.ignore[c]||S.ignore[r]);
   const st=ign?'ignored':(r!==c?'→ '+label(r):(nm(c)||''));
-  document.querySelectorAll('[data-status="'+c+'"]').forEach(function(el){el.textContent=st;});
-  document.querySelectorAll('[data-row="'+c+'"],#cluster-'+c).forEach(function(el){el.classList.toggle('ignored',ign);});}
+  for(const el of statusEls[c])if(el.textContent!==st)el.textContent=st;
+  for(const el of rowEls[c])el.classList.toggle('ignored',ign);}
  document.getElementById('mapping-preview').textContent=toYAML(m);
  document.getElementById('mapping-summary').textContent=m.classes.size+' classes, '+m.ignore.length+' ignored clusters';}
-function refreshOptions(){document.querySelectorAll('select.merge').forEach(function(s){options(s,+s.dataset.cluster);});}
+function staleOptions(){document.querySelectorAll('select.merge').forEach(function(s){if(s.dataset.full)options(s,+s.dataset.cluster,false);});}
 document.querySelectorAll('input.name').forEach(function(el){const c=+el.dataset.cluster;el.value=S.names[c]||'';
  el.addEventListener('input',function(){S.names[c]=el.value;save();refresh();});
- el.addEventListener('change',function(){refreshOptions();});});
-document.querySelectorAll('select.merge').forEach(function(el){const c=+el.dataset.cluster;options(el,c);
+ el.addEventListener('change',staleOptions);});
+document.querySelectorAll('select.merge').forEach(function(el){const c=+el.dataset.cluster;options(el,c,false);
+ const fill=function(){if(!el.dataset.full)options(el,c,true);};
+ ['focus','pointerdown','mousedown','keydown'].forEach(function(ev){el.addEventListener(ev,fill);});
  el.addEventListener('change',function(){if(el.value==='')delete S.merge[c];else S.merge[c]=+el.value;save();refresh();});});
 document.querySelectorAll('input.ignore').forEach(function(el){const c=+el.dataset.cluster;el.checked=!!S.ignore[c];
  el.addEventListener('change',function(){if(el.checked)S.ignore[c]=true;else delete S.ignore[c];save();refresh();});});
 document.querySelectorAll('button.merge-into').forEach(function(b){b.addEventListener('click',function(){
  const c=+b.dataset.cluster,t=+b.dataset.target;S.merge[c]=t;save();
- const sel=document.querySelector('select.merge[data-cluster="'+c+'"]');if(sel)sel.value=String(t);refresh();});});
+ const sel=document.querySelector('select.merge[data-cluster="'+c+'"]');if(sel){options(sel,c,!!sel.dataset.full);}refresh();});});
 document.getElementById('dl-yaml').addEventListener('click',function(){download('mapping.yaml',toYAML(mapping()),'text/yaml');});
 document.getElementById('dl-json').addEventListener('click',function(){download('mapping.json',toJSON(mapping()),'application/json');});
 document.getElementById('reset').addEventListener('click',function(){if(!confirm('Forget all names, merges and ignores?'))return;
  S={names:{},merge:{},ignore:{}};save();document.querySelectorAll('input.name').forEach(function(e){e.value='';});
- document.querySelectorAll('input.ignore').forEach(function(e){e.checked=false;});refreshOptions();refresh();});
+ document.querySelectorAll('input.ignore').forEach(function(e){e.checked=false;});
+ document.querySelectorAll('select.merge').forEach(function(e){options(e,+e.dataset.cluster,false);});refresh();});
 window.alpsMapping=function(){const m=mapping();return {classes:Object.fromEntries(m.classes),ignore:m.ignore};};
 refresh();
 })();
@@ -559,7 +567,7 @@ def _cluster_section(info: ClusterInfo, infos: list[ClusterInfo], share: float) 
     c = info.id
     crops = (
         "".join(
-            f'<img src="{_e(p)}" alt="cluster {c} mask {n}" loading="{"eager" if n < 2 else "lazy"}" '
+            f'<img src="{_e(p)}" alt="cluster {c} mask {n}" loading="lazy" '
             f'width="{CROP_SIDE}" height="{CROP_SIDE}">'
             for n, p in enumerate(info.crops)
         )
