@@ -274,16 +274,16 @@ def _neighbours(centers: npt.NDArray[np.float32], infos: list[ClusterInfo]) -> N
             ]
 
 
-def _thumb(path: Path, dst: Path, side: int = THUMB_SIDE) -> bool:
-    """Write a JPEG thumbnail (longest side ``side``) of an image file; False if unreadable."""
+def _thumb(path: Path, dst: Path, side: int = THUMB_SIDE) -> tuple[int, int] | None:
+    """Write a JPEG thumbnail (longest side ``side``) of an image file; its ``(width, height)``, None if unreadable."""
     try:
         with Image.open(path) as image:
             copy = image.convert("RGB")
     except (OSError, ValueError):
-        return False
+        return None
     copy.thumbnail((side, side), Image.Resampling.LANCZOS)
     _save_jpeg(copy, dst)
-    return True
+    return copy.size
 
 
 def _present(label_path: Path, k: int) -> list[tuple[int, float]]:
@@ -317,16 +317,16 @@ def _image_entries(
     def entry(record: dict[str, Any], side: int, with_image: bool) -> dict[str, Any] | None:
         name = f"{record['id']}.jpg"
         item: dict[str, Any] = {"id": record["id"], "legend": _present(src / record["label"], k)[:12]}
-        if (
-            with_image
-            and record.get("image")
-            and _thumb(src / record["image"], out / "thumbs" / "img" / name, side)
-        ):
-            written.add(out / "thumbs" / "img" / name)
-            item["image"] = f"thumbs/img/{name}"
-        if record.get("overlay") and _thumb(src / record["overlay"], out / "thumbs" / "ovl" / name, side):
-            written.add(out / "thumbs" / "ovl" / name)
-            item["overlay"] = f"thumbs/ovl/{name}"
+        for key, folder, wanted in (("image", "img", with_image), ("overlay", "ovl", True)):
+            size = (
+                _thumb(src / record[key], out / "thumbs" / folder / name, side)
+                if wanted and record.get(key)
+                else None
+            )
+            if size is not None:
+                written.add(out / "thumbs" / folder / name)
+                item[key] = f"thumbs/{folder}/{name}"
+                item["size"] = size
         return item if ("overlay" in item or "image" in item) else None
 
     for record in _evenly(plain, max_images):
@@ -438,7 +438,7 @@ def _remove_stale(folder: Path, keep: set[Path]) -> None:
 
 _CSS = """
 :root{--fg:#1d2433;--muted:#667085;--line:#e4e7ec;--bg:#f7f8fa;--card:#fff;--accent:#2e6be6}
-*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
+*{box-sizing:border-box}[id]{scroll-margin-top:100px}body{margin:0;font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
 color:var(--fg);background:var(--bg)}a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
 header{position:sticky;top:0;z-index:5;background:#fff;border-bottom:1px solid var(--line);padding:10px 20px;
 display:flex;flex-wrap:wrap;gap:12px 24px;align-items:center}header h1{font-size:18px;margin:0}
@@ -464,9 +464,9 @@ align-items:center}.near button{padding:1px 7px;font-size:12px}.comp{margin-top:
 .pill{display:inline-block;border:1px solid var(--line);border-radius:10px;padding:0 7px;margin:1px 3px 1px 0;
 background:#fafbfc;font-size:12px}.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));
 gap:12px}.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px}
-.pair{display:flex;gap:6px}.pair img{width:50%;height:auto;border-radius:6px;background:#111}
+.pair{display:flex;gap:6px}.pair img{width:calc(50% - 3px);height:auto;border-radius:6px;background:#111}
 .card h4{margin:0 0 6px;font-size:13px}.legend{margin-top:6px}.slices{display:flex;gap:6px;flex-wrap:wrap}
-.slices img{width:180px;border-radius:6px}pre{background:#0f172a;color:#e2e8f0;padding:10px;border-radius:8px;
+.slices img{width:180px;height:auto;border-radius:6px}pre{background:#0f172a;color:#e2e8f0;padding:10px;border-radius:8px;
 overflow:auto;max-height:320px}.summary{color:var(--muted)}
 """
 
@@ -595,6 +595,12 @@ def _cluster_section(info: ClusterInfo, infos: list[ClusterInfo], share: float) 
     )
 
 
+def _wh(entry: dict[str, Any]) -> str:
+    """``width``/``height`` attributes of a thumbnail, so lazy images hold their place before loading."""
+    size = entry.get("size")
+    return f'width="{size[0]}" height="{size[1]}"' if size else ""
+
+
 def _legend(items: list[tuple[int, float]], infos: list[ClusterInfo]) -> str:
     return "".join(
         f'<a class="pill" href="#cluster-{c}"><span class="sw" style="background:{infos[c].colour}"></span> '
@@ -611,7 +617,7 @@ def _images_section(entries: dict[str, Any], infos: list[ClusterInfo]) -> str:
         cards = "".join(
             f'<div class="card"><h4>{_e(e["id"])}</h4><div class="pair">'
             + "".join(
-                f'<img src="{_e(e[k])}" alt="{k} {_e(e["id"])}" loading="lazy">'
+                f'<img src="{_e(e[k])}" alt="{k} {_e(e["id"])}" {_wh(e)} loading="lazy">'
                 for k in ("image", "overlay")
                 if k in e
             )
@@ -624,8 +630,8 @@ def _images_section(entries: dict[str, Any], infos: list[ClusterInfo]) -> str:
         )
     if entries["scenes"]:
         cards = "".join(
-            f'<div class="card"><h4>{_e(e["id"])}</h4><img src="{_e(e["overlay"])}" alt="preview {_e(e["id"])}" '
-            f'style="width:100%" loading="lazy"><div class="legend">{_legend(e["legend"], infos)}</div></div>'
+            f'<div class="card"><h4>{_e(e["id"])}</h4><img src="{_e(e["overlay"])}" alt="preview {_e(e["id"])}" {_wh(e)} '
+            f'style="width:100%;height:auto" loading="lazy"><div class="legend">{_legend(e["legend"], infos)}</div></div>'
             for e in entries["scenes"]
             if "overlay" in e
         )
@@ -638,7 +644,7 @@ def _images_section(entries: dict[str, Any], infos: list[ClusterInfo]) -> str:
             for s in v["slices"]:
                 for c, share in s["legend"]:
                     legend[c] = legend.get(c, 0.0) + share / max(1, len(v["slices"]))
-            imgs = "".join(f'<img src="{_e(s["overlay"])}" alt="{_e(s["id"])}" title="{_e(s["id"])}" loading="lazy">'
+            imgs = "".join(f'<img src="{_e(s["overlay"])}" alt="{_e(s["id"])}" title="{_e(s["id"])}" {_wh(s)} loading="lazy">'
                            for s in v["slices"] if "overlay" in s)  # fmt: skip
             vcards.append(f'<div class="card"><h4>{_e(v["id"])} <span class="meta">{_e(v.get("shape"))}</span></h4>'
                          f'<div class="slices">{imgs}</div><div class="legend">'
