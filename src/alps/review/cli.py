@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
     mapper.add_argument(
         "--write",
         metavar="FILE",
-        help="--from-labels: where to write the mapping (default: DIR/mapping.yaml)",
+        help="--from-labels: where to write the mapping (default: DIR/mapping.from-labels.yaml)",
     )
     mapper.add_argument("--json", metavar="FILE", help="--from-labels: also write the IoU report as JSON")
     mapper.set_defaults(func=map_command)
@@ -114,7 +114,7 @@ def map_command(args: argparse.Namespace) -> int:
                                              method=args.method)  # fmt: skip
             from alps.review._io import write_json, write_text
 
-            target = Path(args.write) if args.write else Path(args.dir) / "mapping.yaml"
+            target = Path(args.write) if args.write else Path(args.dir) / "mapping.from-labels.yaml"
             comment = (
                 f"derived by alps map --from-labels {args.from_labels} ({report['method']} vote, "
                 f"{report['num_images']} images)\nreview it, then: alps map {args.dir} --mapping {target}"
