@@ -206,3 +206,42 @@ def test_mapping_object_checks_k_late() -> None:
     m = Mapping((("a", (7,)),))
     with pytest.raises(MappingError, match="unknown cluster 7"):
         m.cluster_to_class(4)
+
+
+def test_derive_hungarian_when_k_equals_c_and_majority_otherwise(tmp_path: Path) -> None:
+    from alps.review.mapping import derive_mapping
+
+    rng = np.random.default_rng(5)
+    gt = rng.integers(0, 3, size=(20, 30))
+    perm = np.array([2, 0, 1])  # cluster perm[c] covers GT class c
+    clusters = perm[gt]
+    clusters[0, :5] = -1  # a few unlabeled pixels
+    run = make_dataset(tmp_path / "run", 3, {"a": clusters})
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt.astype(np.uint8)).save(tmp_path / "gt" / "a.png")  # paired by file name
+    mapping, report = derive_mapping(run, tmp_path / "gt", class_names=["x", "y", "z"])
+    assert report["method"] == "hungarian"
+    assert [ids for _, ids in mapping.classes] == [(2,), (0,), (1,)]  # class c <- cluster perm[c]
+    assert [r["iou_mapped"] for r in report["per_class"]] == pytest.approx(
+        [((gt == c).sum() - (gt[0, :5] == c).sum()) / (gt == c).sum() for c in range(3)]
+    )
+    majority, report = derive_mapping(run, tmp_path / "gt", method="majority")
+    assert report["method"] == "majority" and majority.class_names == ["class_0", "class_1", "class_2"]
+    with pytest.raises(MappingError, match="2 class names for 3 ground-truth classes"):
+        derive_mapping(run, tmp_path / "gt", class_names=["x", "y"])
+    with pytest.raises(MappingError, match="no ground-truth PNG"):
+        derive_mapping(run, tmp_path)
+
+
+def test_cli_refuses_a_bad_mapping_with_one_line(
+    small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alps.cli import main
+
+    bad = write(tmp_path / "bad.yaml", "classes: {a: [0, 1], b: [1]}\n")
+    assert main(["map", str(small), "--mapping", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err == "alps map: bad.yaml: cluster 1 is in class 'a' and in class 'b'\n"
+    good = write(tmp_path / "good.yaml", "classes: {a: [0, 1], b: [2]}\n")
+    assert main(["map", str(small), "--mapping", str(good)]) == 0
+    assert "mapped 3 label maps to 2 classes" in capsys.readouterr().out
