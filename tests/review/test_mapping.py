@@ -229,8 +229,12 @@ def test_derive_hungarian_when_k_equals_c_and_majority_otherwise(tmp_path: Path)
     assert report["method"] == "majority" and majority.class_names == ["class_0", "class_1", "class_2"]
     with pytest.raises(MappingError, match="2 class names for 3 ground-truth classes"):
         derive_mapping(run, tmp_path / "gt", class_names=["x", "y"])
+    (tmp_path / "empty").mkdir()
     with pytest.raises(MappingError, match="no ground-truth PNG"):
-        derive_mapping(run, tmp_path)
+        derive_mapping(run, tmp_path / "empty")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "gt" / "a.png")
+    with pytest.raises(MappingError, match="not a single-channel label map"):
+        derive_mapping(run, tmp_path / "gt")
 
 
 def test_cli_refuses_a_bad_mapping_with_one_line(

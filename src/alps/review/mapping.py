@@ -643,7 +643,10 @@ def confusion_with_gt(
     pairs = pair_with_gt(src / "labels", Path(gt_dir))
     if not pairs:
         raise MappingError(f"no ground-truth PNG in {gt_dir} matches a label map in {src / 'labels'}")
-    gts = [(load_label_png(p), load_label_png(g), key) for key, p, g in pairs]
+    try:
+        gts = [(load_label_png(p), load_label_png(g), key) for key, p, g in pairs]
+    except (OSError, ValueError) as err:
+        raise MappingError(str(err)) from None
     top = max((int(g[g != ignore_index].max(initial=0)) for _, g, _ in gts), default=0)
     conf = np.zeros((num_clusters, top + 1), dtype=np.int64)
     unlabeled = np.zeros(top + 1, dtype=np.int64)
