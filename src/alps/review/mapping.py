@@ -39,7 +39,7 @@ from alps.labels import (
     palette,
     save_label_png,
 )
-from alps.review._io import atomic_output, link_or_copy, write_json, write_text
+from alps.review._io import atomic_output, file_mode, link_or_copy, write_json, write_text
 
 __all__ = [
     "MapResult",
@@ -416,7 +416,7 @@ def _map_image(
     else:
         mapped = remap_label_map(load_label_png(label_src), lut, num_classes)
         save_label_png(label_dst, mapped)
-        os.chmod(label_dst, _mode())
+        os.chmod(label_dst, file_mode())  # save_label_png writes owner-only temporary files
         counts = _counts(mapped, num_classes)
         if overlays and record.get("image"):
             overlay = out / "overlays" / f"{record['id']}.jpg"
@@ -436,12 +436,6 @@ def _map_image(
         result.class_pixels[c] += int(v)
     result.label_files += 1
     return record
-
-
-def _mode() -> int:
-    from alps.review._io import file_mode
-
-    return file_mode()
 
 
 def _counts(mapped: npt.NDArray[Any], num_classes: int) -> npt.NDArray[np.int64]:
