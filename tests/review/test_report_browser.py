@@ -46,16 +46,20 @@ def test_report_files_are_self_contained(report: Path, labelled_run: Path) -> No
     assert report.stat().st_size < 500_000  # thumbnails are files, not inline blobs
 
 
+ODD_NAME = 'sol: "nu" é #1'  # YAML-special characters survive the page's YAML
+
+
 def expected_classes(
-    k: int, renamed: int, merged: int, ignored: int
+    k: int, renamed: int, merged: int, ignored: int, odd: int
 ) -> tuple[dict[str, list[int]], list[int]]:
     """What the page must download: merged joins renamed, every other cluster its own class."""
+    names = {renamed: "tree crown", odd: ODD_NAME}
     classes: dict[str, list[int]] = {}
     for c in range(k):
         if c == ignored:
             continue
         root = renamed if c in (renamed, merged) else c
-        classes.setdefault("tree crown" if root == renamed else f"cluster_{root}", []).append(c)
+        classes.setdefault(names.get(root, f"cluster_{root}"), []).append(c)
     return classes, [ignored]
 
 
@@ -70,7 +74,7 @@ def test_report_in_chromium_rename_merge_download_and_map(
     manifest = json.loads((labelled_run / "manifest.json").read_text())
     k = int(manifest["num_classes"])
     order = sorted(range(k), key=lambda c: (-manifest["class_pixels"][c], c))
-    renamed, merged, ignored = order[0], order[1], order[-1]
+    renamed, merged, odd, ignored = order[0], order[1], order[2], order[-1]
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
@@ -89,6 +93,7 @@ def test_report_in_chromium_rename_merge_download_and_map(
                 arg=section.element_handle(), timeout=10_000,
             )  # fmt: skip
         page.fill(f'input.name[data-cluster="{renamed}"]', "tree crown")
+        page.fill(f'input.name[data-cluster="{odd}"]', ODD_NAME)
         page.focus(f'select.merge[data-cluster="{merged}"]')  # a user opens the selector first
         page.select_option(f'select.merge[data-cluster="{merged}"]', str(renamed))
         page.check(f'input.ignore[data-cluster="{ignored}"]')
@@ -112,7 +117,7 @@ def test_report_in_chromium_rename_merge_download_and_map(
     store = artifacts_dir()
     if store is not None:
         shutil.copy(shot, store / "report.png")
-    classes, ignore = expected_classes(k, renamed, merged, ignored)
+    classes, ignore = expected_classes(k, renamed, merged, ignored, odd)
     mapping = load_mapping(saved, k)
     assert {n: list(ids) for n, ids in mapping.classes} == classes and list(mapping.ignore) == ignore
     assert load_mapping(tmp_path / "mapping.json", k) == mapping
