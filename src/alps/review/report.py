@@ -485,7 +485,7 @@ function mapping(){const classes=new Map(),ignore=[];
  for(let c=0;c<K;c++){const r=root(c);if(S.ignore[c]||S.ignore[r]){ignore.push(c);continue;}
   const name=nm(r)||('cluster_'+r);if(!classes.has(name))classes.set(name,[]);classes.get(name).push(c);}
  return {classes,ignore};}
-function toYAML(m){const out=['# alps map mapping from the report of '+D.dataset,
+function toYAML(m){const out=['# alps map mapping from the report of '+D.dataset.replace(/\s+/g,' '),
  '# classes: name -> cluster ids (class ids 0..C-1 in this order); ignore: painted 255','classes:'];
  for(const [n,ids] of m.classes)out.push('  '+JSON.stringify(n)+': ['+ids.join(', ')+']');
  out.push('ignore: ['+m.ignore.join(', ')+']');out.push('num_clusters: '+K);return out.join('\n')+'\n';}
