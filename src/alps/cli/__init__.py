@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "alps.cli.weights",  # alps weights list|fetch
     "alps.cli.label",  # alps label | demo | evaluate-labels
     "alps.cli.train",  # alps pretrain | finetune | evaluate
+    "alps.cli.review",  # alps report | map | export
 )
 
 

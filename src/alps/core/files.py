@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "atomic_path",
+    "file_mode",
     "link_or_copy",
     "remove_stale_files",
     "same_file",
@@ -29,10 +30,16 @@ __all__ = [
 ]
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """Permission bits a plain ``open(path, "w")`` gives under the current umask (e.g. ``0o644``)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
+
+
+def _suffix(name: str) -> str:
+    """The suffix writers pick a format by (``.nii.gz`` counts as one)."""
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 @contextlib.contextmanager
@@ -46,14 +53,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+        prefix=f".{target.stem}.", suffix=f".tmp{_suffix(target.name)}", dir=target.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         if tmp.exists():
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -65,9 +72,9 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: Path | str, data: Any) -> None:
-    """Write ``data`` as indented UTF-8 JSON (keys in the given order), atomically."""
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+def write_json(path: Path | str, data: Any, *, indent: int | None = 2) -> None:
+    """Write ``data`` as UTF-8 JSON (keys in the given order; ``indent=None``: compact), atomically."""
+    write_text(path, json.dumps(data, indent=indent, ensure_ascii=False, sort_keys=False) + "\n")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -31,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,7 @@ def execute(ctx: RunContext, engine: Any) -> LabelRun:
     with ctx.timer("hash inputs"):
         todo = pending_units(plan, ctx)
     with ctx.timer("masks"):
-        results = list(engine.process(todo, ctx.mask_job(), progress=ctx.config.progress))
-    record_results(plan, results, ctx)
+        record_results(plan, todo, engine.process(todo, ctx.mask_job(), progress=ctx.config.progress), ctx)
     tables = [
         t for e in plan.entries if ctx.records[e.id].status == "ok" for t in plan.items[e.id].tables(ctx.out)
     ]
@@ -257,38 +257,49 @@ def pending_units(plan: Plan, ctx: RunContext) -> list[WorkUnit]:
             continue
         write_json(state_path, {"id": entry.id, "status": "partial", "params_hash": ctx.params_hash,
                                 "settings": item.settings(), **print_.fields()})  # fmt: skip
-        todo.extend(u for u in units if not item.unit_done(ctx.out, u))
+        missing = [u for u in units if not item.unit_done(ctx.out, u)]
+        todo.extend(missing if missing or len(units) > 1 else units)  # one-unit items: redo, to describe it
     log.info("%d entries, %d unit(s) to process", len(plan.entries), len(todo))
     return todo
 
 
-def record_results(plan: Plan, results: list[UnitResult], ctx: RunContext) -> None:
-    """Fold phase A's unit results into the item records and write each item's state file."""
-    by_item: dict[str, list[UnitResult]] = {}
+def record_results(plan: Plan, todo: list[WorkUnit], results: Iterable[UnitResult], ctx: RunContext) -> None:
+    """Fold phase A's results into the records as they arrive: an item's state is written as soon as
+    its last unit is done, so a run killed mid-way resumes after the last finished item."""
+    expected = Counter(u.item_id for u in todo)
+    arrived: dict[str, list[UnitResult]] = {}
     for result in results:
-        by_item.setdefault(result.item_id, []).append(result)
-    for item_id, item_results in by_item.items():
-        record, item = ctx.records[item_id], plan.items[item_id]
-        state_path = ctx.out / "state" / f"{item_id}.json"
-        state = load_state(state_path) or {}
-        failed = [r for r in item_results if r.status == "failed"]
-        if failed:
-            record.status, record.error = "failed", failed[0].error
-            log.warning("skipped %s", failed[0].error)
-            write_json(state_path, {**state, "status": "failed", "error": record.error})
-            continue
-        for key, value in item.describe(item_results, ctx.out).items():
-            setattr(record, key, value)
-        record.status = "ok"
-        fields = {key: getattr(record, key) for key in STATE_FIELDS}
-        write_json(state_path, {**state, "source": record.source, "status": "ok", **fields,
-                                **({"tiles": record.tiles} if record.tiles is not None else {})})  # fmt: skip
-        log.info("%s: %d masks, %d kept", item_id, record.n_masks, record.n_masks_kept)
+        arrived.setdefault(result.item_id, []).append(result)
+        if len(arrived[result.item_id]) == expected[result.item_id]:
+            finish_phase_a(plan.items[result.item_id], arrived.pop(result.item_id), ctx)
+    for entry in plan.entries:  # planned, nothing left to do, but not finished before (a scene killed late)
+        if ctx.records[entry.id].status == "pending" and entry.id in plan.items and not expected[entry.id]:
+            finish_phase_a(plan.items[entry.id], [], ctx)
     ok = [e.id for e in plan.entries if ctx.records[e.id].status == "ok"]
     keep = {t for i in ok for t in plan.items[i].tables(ctx.out)}
-    keep |= {t.with_suffix(".empty") for t in keep} | set((ctx.out / "tables").rglob("*.empty"))
+    keep |= set((ctx.out / "tables").rglob("*.empty"))
     remove_stale_files(ctx.out / "tables", keep)  # tables of inputs no longer given, or failed
     remove_stale_files(ctx.out / "state", {ctx.out / "state" / f"{e.id}.json" for e in plan.entries})
+
+
+def finish_phase_a(item: Item, results: list[UnitResult], ctx: RunContext) -> None:
+    """Fill the item's record from its units' results and write its state file."""
+    record = ctx.records[item.file.id]
+    state_path = ctx.out / "state" / f"{item.file.id}.json"
+    state = load_state(state_path) or {}
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        record.status, record.error = "failed", failed[0].error
+        log.warning("skipped %s", failed[0].error)
+        write_json(state_path, {**state, "status": "failed", "error": record.error})
+        return
+    for key, value in item.describe(results, ctx.out).items():
+        setattr(record, key, value)
+    record.status = "ok"
+    fields = {key: getattr(record, key) for key in STATE_FIELDS}
+    tiles = {"tiles": record.tiles} if record.tiles is not None else {}
+    write_json(state_path, {**state, "source": record.source, "status": "ok", **fields, **tiles})
+    log.info("%s: %d masks, %d kept", item.file.id, record.n_masks, record.n_masks_kept)
 
 
 def paint_items(plan: Plan, clustering: Clustering, engine: Any, ctx: RunContext) -> tuple[set[Path], Any]:
