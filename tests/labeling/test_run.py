@@ -575,3 +575,29 @@ def test_e2e_litemedsam_boxes_on_neon_tiles(
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0.0 < metrics["miou_hungarian"] <= 1.0 and 0.0 < metrics["coverage"] <= 1.0
+
+
+def test_resume_trusts_size_and_mtime_and_rehashes_changed_files(
+    tmp_path: Path, model: Sam, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming 100k images must not re-read them: unchanged size + mtime reuse the recorded sha256."""
+    import alps.labeling.resume as resume
+
+    paths = write_images(tmp_path / "in", 3)
+    run_label(tmp_path / "in", tmp_path / "out", model)
+    hashed: list[str] = []
+    real = resume.sha256_file
+    monkeypatch.setattr(resume, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    again = run_label(tmp_path / "in", tmp_path / "out", model)
+    assert hashed == [] and all(r.resumed for r in again.images)
+    # same size, new bytes, new mtime: hashed again, and redone because the bytes differ
+    pixels = np.asarray(Image.open(paths[1]))
+    Image.fromarray(255 - pixels).save(paths[1])
+    os.utime(paths[1], ns=(time.time_ns(), time.time_ns() + 10**9))
+    third = run_label(tmp_path / "in", tmp_path / "out", model)
+    assert hashed == ["img_1.png"]
+    assert {r.id: r.resumed for r in third.images} == {"img_0": True, "img_1": False, "img_2": True}
+    # same bytes, touched: hashed again, but still resumed (the sha256 matches)
+    os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    fourth = run_label(tmp_path / "in", tmp_path / "out", model)
+    assert hashed == ["img_1.png", "img_0.png"] and all(r.resumed for r in fourth.images)

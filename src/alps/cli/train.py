@@ -12,15 +12,10 @@ from typing import Any
 from alps.train.config import TrainConfig, merge, read_yaml
 
 
-def _flag_type(annotation: str) -> type:
-    for name, kind in (("bool", bool), ("int", int), ("float", float)):
-        if annotation.startswith(name):
-            return kind
-    return str
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field; defaults are suppressed so only given flags override."""
+    from alps.core.config import add_flags
+
     parser.add_argument(
         "data",
         nargs="?",
@@ -33,29 +28,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="YAML file with any of the options below (flags given on the command line win)",
     )
-    for f in dataclasses.fields(TrainConfig):
-        if f.metadata.get("positional") or f.metadata.get("cli") is False:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _flag_type(str(f.type))
-        help_text = f"{f.metadata['help']} (default: {f.default})"
-        if kind is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-        elif f.name == "resume":
-            parser.add_argument(
-                flag, nargs="?", const="last", default=argparse.SUPPRESS, metavar="CKPT", help=help_text
-            )
-        else:
-            parser.add_argument(
-                flag,
-                type=kind,
-                default=argparse.SUPPRESS,
-                choices=f.metadata.get("choices"),
-                metavar=None if f.metadata.get("choices") else f.name.upper(),
-                help=help_text,
-            )
+    add_flags(parser, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace, mode: str) -> TrainConfig:

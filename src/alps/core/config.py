@@ -73,7 +73,7 @@ def add_flags(
     """
     made: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli") is False:
+        if f.name in skip or f.metadata.get("cli") is False or f.metadata.get("positional"):
             continue
         title = f.metadata.get("group")
         target: Any = parser
@@ -95,6 +95,10 @@ def _add_flag(target: Any, cls: type, f: dataclasses.Field[Any]) -> None:
         target.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
     elif kind is None:  # a mapping: KEY=VALUE pairs
         target.add_argument(*flags, action=_KeyValue, metavar="KEY=VALUE", **common)
+    elif "const" in f.metadata:  # a bare flag means the const value (e.g. ``--resume`` = "last")
+        target.add_argument(
+            *flags, nargs="?", const=f.metadata["const"], metavar=f.metadata.get("metavar"), **common
+        )
     else:
         choices = f.metadata.get("choices")
         target.add_argument(

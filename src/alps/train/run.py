@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from alps.train.config import TrainConfig, parse_devices, save_yaml
+from alps.core.config import to_yaml
+from alps.core.files import write_text
+from alps.train.config import TrainConfig, parse_devices
 from alps.train.data import (
     EvalDataset,
     SegmentationData,
@@ -136,151 +139,22 @@ def train(config: TrainConfig) -> RunResult:
     Fine-tuning loads encoder and decoder from ``config.init`` and trains a new ``num_classes`` head;
     its architecture and encoder are taken from that checkpoint.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    from alps.train.module import SegmentationModule
-
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_path(config, run_dir)
-    init_ckpt: Path | None = None
-    if config.mode == "finetune":
-        if not config.init:
-            raise ValueError("fine-tuning needs --init (a pre-trained run folder or checkpoint)")
-        init_ckpt = resolve_checkpoint(config.init)
-        hp = _checkpoint_hparams(init_ckpt)
-        if hp.get("arch") and (hp["arch"], hp["encoder"]) != (config.arch, config.encoder):
-            log.info(
-                "fine-tuning uses the pre-trained network: arch=%s encoder=%s", hp["arch"], hp["encoder"]
-            )
-            config = config.replace(arch=hp["arch"], encoder=hp["encoder"])
-
-    data = load_segmentation_data(
-        config.data,
-        config.layout,
-        config.class_map,
-        config.num_classes,
-        config.ignore_index,
-        config.val_fraction,
-        axis=config.axis,
-        window=config.window,
-        volume_slices=config.volume_slices,
-    )
-    for note in data.notes:
-        log.warning("%s", note)
-    train_samples = data.train
-    if config.label_fraction < 1:
-        train_samples = subset_fraction(data.train, config.label_fraction, config.label_seed)
-        log.info(
-            "label fraction %.3g: %d of %d training images",
-            config.label_fraction,
-            len(train_samples),
-            len(data.train),
+    config, init_ckpt = _finetune_init(config)
+    data, train_samples = _training_data(config)
+    mean, std = _norm_stats(run_dir, resume, train_samples)
+    if _is_rank_zero():  # one writer of the run's records under DDP
+        write_text(
+            run_dir / "dataset.json",
+            json.dumps(_dataset_record(config, data, [s.id for s in train_samples], mean, std), indent=1),
         )
-
-    record_path = run_dir / "dataset.json"
-    if resume is not None and record_path.is_file():
-        saved = json.loads(record_path.read_text())
-        mean, std = saved["mean"], saved["std"]
-    else:
-        mean, std = compute_norm_stats([s.image for s in train_samples])
-    record_path.write_text(
-        json.dumps(_dataset_record(config, data, [s.id for s in train_samples], mean, std), indent=1)
-    )
-    save_yaml(config, run_dir / "config.yaml")
-
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    module = SegmentationModule(
-        arch=config.arch,
-        encoder=config.encoder,
-        num_classes=data.num_classes,
-        crop_size=config.crop_size,
-        mean=mean,
-        std=std,
-        class_names=data.class_names,
-        ignore_index=data.ignore_index,
-        optimizer=config.optimizer,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_steps,
-        max_steps=config.max_steps,
-        eval_stride=config.eval_stride,
-        loss=config.loss,
-    )
-    if resume is None:
-        if init_ckpt is not None:
-            report = load_pretrained_network(module.net, init_ckpt)
-            log.info("encoder + decoder from %s: %s", init_ckpt, report)
-        elif config.encoder_weights != "random":
-            log.info("encoder weights: %s", load_encoder_weights(module.net, config.encoder_weights))
-
-    devices = parse_devices(config.devices)
-    per_step = config.batch_size * (devices if isinstance(devices, int) and devices > 0 else 1)
-    train_set = TrainDataset(
-        train_samples,
-        mean,
-        std,
-        config.crop_size,
-        (config.scale_min, config.scale_max),
-        config.hflip,
-        config.vflip,
-        data.ignore_index,
-        data.value_lut,
-        min_length=per_step * 20,
-        cache=config.cache_images,
-    )
-    loader_kw: dict[str, Any] = {
-        "num_workers": config.num_workers,
-        "persistent_workers": config.num_workers > 0,
-    }
-    train_loader = DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, **loader_kw
-    )
-    val_loader = None
-    if data.val and config.val_every >= 0:
-        val_set = EvalDataset(data.val, mean, std, data.value_lut, cache=config.cache_images)
-        val_loader = DataLoader(val_set, batch_size=1, shuffle=False, **loader_kw)
-
+        write_text(run_dir / "config.yaml", to_yaml(config))
+    module = _build_module(config, data, mean, std, resume, init_ckpt)
+    train_loader, val_loader = _loaders(config, data, train_samples, mean, std)
     val_every = min(max(config.val_every, 0) or config.max_steps, config.max_steps)
-    checkpointer = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step-{step:06d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=config.checkpoint_every,
-        save_top_k=config.keep_checkpoints,
-        monitor="step",
-        mode="max",
-        save_last=True,
-    )
-
-    class FinalCheckpoint(Callback):
-        """Also write last.ckpt after the final step (where ModelCheckpoint writes its own)."""
-
-        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-            if trainer.global_step >= config.max_steps:
-                trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-
-    trainer = L.Trainer(
-        accelerator=config.accelerator,
-        devices=devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=_precision(config),  # type: ignore[arg-type]
-        max_steps=config.max_steps,
-        max_epochs=-1,
-        val_check_interval=val_every if val_loader else None,
-        check_val_every_n_epoch=None,
-        limit_val_batches=None if val_loader else 0,
-        logger=CSVLogger(save_dir=run_dir, name="logs"),
-        callbacks=[checkpointer, FinalCheckpoint(), LearningRateMonitor()],
-        log_every_n_steps=config.log_every,
-        enable_progress_bar=config.progress,
-        enable_model_summary=False,
-        default_root_dir=run_dir,
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(config, run_dir, val_loader is not None, val_every)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
@@ -298,6 +172,134 @@ def train(config: TrainConfig) -> RunResult:
     return RunResult(
         run_dir, run_dir / "model.ckpt", trainer.global_step, metrics_csv, curve, trainer.is_global_zero
     )
+
+
+def _is_rank_zero() -> bool:
+    """True in the process that writes run records: rank 0 of a DDP run (the launchers set RANK)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+def _finetune_init(config: TrainConfig) -> tuple[TrainConfig, Path | None]:
+    """Fine-tuning: the pre-trained checkpoint, and the config with its architecture and encoder."""
+    if config.mode != "finetune":
+        return config, None
+    if not config.init:
+        raise ValueError("fine-tuning needs --init (a pre-trained run folder or checkpoint)")
+    init_ckpt = resolve_checkpoint(config.init)
+    hp = _checkpoint_hparams(init_ckpt)
+    if hp.get("arch") and (hp["arch"], hp["encoder"]) != (config.arch, config.encoder):
+        log.info("fine-tuning uses the pre-trained network: arch=%s encoder=%s", hp["arch"], hp["encoder"])
+        config = config.replace(arch=hp["arch"], encoder=hp["encoder"])
+    return config, init_ckpt
+
+
+def _training_data(config: TrainConfig) -> tuple[Any, list[Any]]:
+    """The indexed dataset and the training samples (the --label-fraction subset)."""
+    data = load_segmentation_data(
+        config.data, config.layout, config.class_map, config.num_classes, config.ignore_index,
+        config.val_fraction, axis=config.axis, window=config.window, volume_slices=config.volume_slices,
+    )  # fmt: skip
+    for note in data.notes:
+        log.warning("%s", note)
+    train_samples = data.train
+    if config.label_fraction < 1:
+        train_samples = subset_fraction(data.train, config.label_fraction, config.label_seed)
+        log.info(
+            "label fraction %.3g: %d of %d training images",
+            config.label_fraction, len(train_samples), len(data.train),
+        )  # fmt: skip
+    return data, train_samples
+
+
+def _norm_stats(run_dir: Path, resume: Path | None, samples: list[Any]) -> tuple[Any, Any]:
+    """Per-channel mean and std of the training images (a resumed run keeps the recorded ones)."""
+    record_path = run_dir / "dataset.json"
+    if resume is not None and record_path.is_file():
+        saved = json.loads(record_path.read_text())
+        return saved["mean"], saved["std"]
+    return compute_norm_stats([s.image for s in samples])
+
+
+def _build_module(
+    config: TrainConfig, data: Any, mean: Any, std: Any, resume: Path | None, init_ckpt: Path | None
+) -> Any:
+    """The Lightning module, initialised from the pre-trained run or encoder weights (fresh runs)."""
+    import lightning as L
+
+    from alps.train.module import SegmentationModule
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = SegmentationModule(
+        arch=config.arch, encoder=config.encoder, num_classes=data.num_classes, crop_size=config.crop_size,
+        mean=mean, std=std, class_names=data.class_names, ignore_index=data.ignore_index,
+        optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps, max_steps=config.max_steps, eval_stride=config.eval_stride,
+        loss=config.loss,
+    )  # fmt: skip
+    if resume is None:
+        if init_ckpt is not None:
+            report = load_pretrained_network(module.net, init_ckpt)
+            log.info("encoder + decoder from %s: %s", init_ckpt, report)
+        elif config.encoder_weights != "random":
+            log.info("encoder weights: %s", load_encoder_weights(module.net, config.encoder_weights))
+    return module
+
+
+def _loaders(
+    config: TrainConfig, data: Any, train_samples: list[Any], mean: Any, std: Any
+) -> tuple[DataLoader, DataLoader | None]:
+    """Random-crop training loader and whole-image validation loader (None without a val split)."""
+    devices = parse_devices(config.devices)
+    per_step = config.batch_size * (devices if isinstance(devices, int) and devices > 0 else 1)
+    train_set = TrainDataset(
+        train_samples, mean, std, config.crop_size, (config.scale_min, config.scale_max), config.hflip,
+        config.vflip, data.ignore_index, data.value_lut, min_length=per_step * 20, cache=config.cache_images,
+    )  # fmt: skip
+    loader_kw: dict[str, Any] = {
+        "num_workers": config.num_workers,
+        "persistent_workers": config.num_workers > 0,
+    }
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, **loader_kw
+    )
+    val_loader = None
+    if data.val and config.val_every >= 0:
+        val_set = EvalDataset(data.val, mean, std, data.value_lut, cache=config.cache_images)
+        val_loader = DataLoader(val_set, batch_size=1, shuffle=False, **loader_kw)
+    return train_loader, val_loader
+
+
+def _trainer(config: TrainConfig, run_dir: Path, validate: bool, val_every: int) -> Any:
+    """The Lightning trainer: step checkpoints + last.ckpt, CSV logs, learning-rate monitor."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    checkpointer = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
+        every_n_train_steps=config.checkpoint_every, save_top_k=config.keep_checkpoints, monitor="step",
+        mode="max", save_last=True,
+    )  # fmt: skip
+
+    class FinalCheckpoint(Callback):
+        """Also write last.ckpt after the final step (where ModelCheckpoint writes its own)."""
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if trainer.global_step >= config.max_steps:
+                trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+    return L.Trainer(
+        accelerator=config.accelerator, devices=parse_devices(config.devices), num_nodes=config.num_nodes,
+        strategy=config.strategy, precision=_precision(config),  # type: ignore[arg-type]
+        max_steps=config.max_steps, max_epochs=-1, val_check_interval=val_every if validate else None,
+        check_val_every_n_epoch=None, limit_val_batches=None if validate else 0,
+        logger=CSVLogger(save_dir=run_dir, name="logs"),
+        callbacks=[checkpointer, FinalCheckpoint(), LearningRateMonitor()],
+        log_every_n_steps=config.log_every,
+        enable_progress_bar=config.progress, enable_model_summary=False, default_root_dir=run_dir,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+
 
 
 def pretrain(config: TrainConfig) -> RunResult:
