@@ -201,5 +201,7 @@ def test_litemedsam_segments_a_boxed_disc_through_the_official_predictor(litemed
 @pytest.mark.parametrize("name", ["litemedsam", "vit_t", "vit_b"])
 def test_box_prompt_models_are_the_box_trained_ones(name: str) -> None:
     from alps.sam.build import BOX_PROMPT_MODELS
+    from alps.sam.generator import default_prompt
 
-    assert getattr(load_sam(name), "box_prompts_only", False) == (name in BOX_PROMPT_MODELS)
+    assert (default_prompt(load_sam(name)) == "boxes") == (name in BOX_PROMPT_MODELS)
+    assert BOX_PROMPT_MODELS == {"litemedsam"}
