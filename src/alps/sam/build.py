@@ -175,15 +175,24 @@ def detect_architecture(state: Mapping[str, Any]) -> tuple[str | None, str]:
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict with ``weights_only=True`` (no arbitrary unpickling).
 
-    Accepts a raw state dict or one wrapped under ``"model"`` or ``"state_dict"``.
+    Accepts a raw state dict or one wrapped under ``"model"`` or ``"state_dict"``. A file that is
+    not a PyTorch checkpoint (text, truncated download, another zip archive) raises a one-line
+    ``ValueError`` naming the file and what was expected; errors opening it (``OSError``) pass.
     """
     try:
         obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except OSError:
+        raise
     except pickle.UnpicklingError as err:
+        reason = _weights_only_reason(err)
+        if reason is None:  # not a pickle at all (text, random bytes)
+            raise _unreadable(path, err) from err
         raise ValueError(
             f"{path}: refusing to load, it holds objects other than tensors and plain containers "
-            f"(loaded with weights_only=True; a checkpoint should be a state dict): {err}"
+            f"(loaded with weights_only=True; a checkpoint should be a state dict): {reason}"
         ) from err
+    except Exception as err:  # torch's readers raise IndexError, KeyError, EOFError, RuntimeError...
+        raise _unreadable(path, err) from err
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -192,6 +201,30 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return dict(obj)
+
+
+def _torch_reason(err: BaseException, limit: int = 160) -> str:
+    """The paragraph of a torch.load error that says what was wrong, on one line, without
+    torch's advice paragraphs."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "In PyTorch")
+    paragraphs = [" ".join(p.split()) for p in str(err).split("\n\n")]
+    kept = [p for p in paragraphs if p and not p.startswith(boilerplate) and p != "WeightsUnpickler error:"]
+    text = " ".join(kept) or " ".join(str(err).split()) or "no message"
+    return text[:limit]
+
+
+def _weights_only_reason(err: pickle.UnpicklingError) -> str | None:
+    """Why torch's weights-only unpickler refused an object, or ``None`` when the bytes were not
+    a pickle at all (an unknown opcode: text, random bytes)."""
+    reason = _torch_reason(err)
+    return None if "Unsupported operand" in reason or "invalid load key" in reason else reason
+
+
+def _unreadable(path: str | Path, err: BaseException) -> ValueError:
+    return ValueError(
+        f"{path}: not a readable PyTorch checkpoint (expected a state dict saved with torch.save, "
+        f"e.g. a SAM, MobileSAM or LiteMedSAM .pth file; {type(err).__name__}: {_torch_reason(err)})"
+    )
 
 
 def resolve_checkpoint(checkpoint: str | Path, model_type: str) -> Path:
