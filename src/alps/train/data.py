@@ -29,6 +29,8 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
+from alps.core.splits import split_ids
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 LAYOUTS = ("auto", "alps", "mmseg", "folders", "volumes")
 CLASS_MAP_NAMES = (
@@ -221,12 +223,11 @@ def _manifest_images(root: Path, manifest: dict) -> dict[str, Path]:
 
 
 def split_holdout(samples: Sequence[Sample], val_fraction: float, seed: int = 0) -> tuple[list, list]:
-    """Deterministic train/val split of ``samples`` (at least one of each when there are two or more)."""
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = min(max(1, round(val_fraction * len(samples))), len(samples) - 1) if len(samples) > 1 else 0
-    val_idx = set(order[:n_val].tolist())
-    train = [s for i, s in enumerate(samples) if i not in val_idx]
-    val = [s for i, s in enumerate(samples) if i in val_idx]
+    """Train/val split of ``samples`` by :func:`alps.core.splits.split_ids` (the labelling rule):
+    ``val_fraction = 0`` holds nothing out; otherwise at least one of each with two or more."""
+    split = split_ids([s.id for s in samples], val_fraction, seed)
+    train = [s for s in samples if split[s.id] == "train"]
+    val = [s for s in samples if split[s.id] == "val"]
     return train, val
 
 
