@@ -102,3 +102,21 @@ def test_read_nrrd_bad_file_is_one_line_error(tmp_path: Path) -> None:
     bad.write_text("not an nrrd header\n\n")
     with pytest.raises(ValueError, match=r"bad\.nrrd: not a readable NRRD file"):
         read_nrrd(bad)
+
+
+def test_tree_images_pair_images_with_boxes_and_rasterize(samples: list[Path]) -> None:
+    import numpy as np
+
+    from alps.samples.neon import rasterize_boxes, tree_images
+
+    found = {t.id: t for t in tree_images(["OSBS_029", "SOAP_031"])}
+    assert found["SOAP_031"].boxes is None and found["OSBS_029"].image.name == "OSBS_029.png"
+    boxes = found["OSBS_029"].boxes
+    assert boxes is not None and len(boxes) > 10
+    mask = rasterize_boxes(boxes, (400, 400))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    first = boxes[0]
+    assert mask[first.ymin, first.xmin] == 1 and mask[first.ymin : first.ymax, first.xmin : first.xmax].all()
+    assert rasterize_boxes([TreeBox(-5, 390, 3, 420, "Tree")], (400, 400)).sum() == 3 * 10  # clipped
+    with pytest.raises(ValueError, match="unknown sample image"):
+        tree_images(["nope"])

@@ -509,3 +509,46 @@ class EvalDataset(Dataset):
             torch.from_numpy(label.astype(np.int64)),
             self.reader.samples[index].id,
         )
+
+
+def tile_origins(length: int, tile: int) -> list[int]:
+    """Start offsets of tiles covering ``length`` (the last one shifted back to fit; one if shorter)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, tile))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def write_tiles(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    image_dir: Path,
+    label_dir: Path | None,
+    stem: str,
+    tile: int,
+    scale: float = 1.0,
+) -> list[str]:
+    """Rescale by ``scale``, cut into ``tile``-px tiles and write ``<stem>_<row>_<col>.png``; returns the ids.
+
+    Args:
+        image: ``(H, W, 3)`` uint8. label: ``(H, W)`` uint8/uint16 or ``None``.
+    """
+    if scale != 1.0:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if label is not None:
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    if label_dir is not None:
+        label_dir.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for y in tile_origins(image.shape[0], tile):
+        for x in tile_origins(image.shape[1], tile):
+            tile_id = f"{stem}_{y:05d}_{x:05d}"
+            Image.fromarray(image[y : y + tile, x : x + tile]).save(image_dir / f"{tile_id}.png")
+            if label is not None and label_dir is not None:
+                Image.fromarray(label[y : y + tile, x : x + tile]).save(label_dir / f"{tile_id}.png")
+            ids.append(tile_id)
+    return ids
