@@ -23,6 +23,12 @@ TIFF files are decoded with ``tifffile`` (multi-band and high-bit-depth rasters)
 to Pillow; 16-bit colour PNGs with OpenCV (Pillow would truncate them to 8 bits).
 Images smaller than :data:`MIN_SIDE` pixels on a side, empty, corrupt or unsupported files raise
 :class:`ImageReadError`.
+
+Decompression-bomb guard: a file Pillow decodes may hold at most :func:`max_image_pixels` pixels
+(default :data:`MAX_IMAGE_PIXELS`, 2**30 = a 32768 x 32768 scene, 3 GiB as RGB; set
+``ALPS_MAX_IMAGE_PIXELS`` or pass ``max_pixels``); a larger one raises :class:`ImageReadError` before
+its pixels are decoded. Pillow's own ``Image.MAX_IMAGE_PIXELS`` is set only while a file is
+opened (under a lock) and restored afterwards, so importing alps changes nothing in Pillow.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +53,9 @@ MIN_SIDE = 32
 STRETCH_PERCENTILES = (2.0, 98.0)
 MAX_ID_LENGTH = 120
 
-Image.MAX_IMAGE_PIXELS = None  # aerial scenes are legitimately huge; we trust local files
+MAX_IMAGE_PIXELS = 1 << 30
+"""Default pixel limit of the decompression-bomb guard (aerial scenes are legitimately large)."""
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 class ImageReadError(RuntimeError):
@@ -202,10 +212,43 @@ def _to_rgb(array: np.ndarray, source_mode: str, notes: list[str]) -> np.ndarray
     return np.ascontiguousarray(array)
 
 
-def _read_pil(path: Path) -> LoadedImage:
+def max_image_pixels() -> int:
+    """The guard's pixel limit: ``ALPS_MAX_IMAGE_PIXELS`` if set (a positive integer), else the default."""
+    value = os.environ.get("ALPS_MAX_IMAGE_PIXELS", "").strip()
+    if not value:
+        return MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) <= 0:
+        raise ValueError(f"ALPS_MAX_IMAGE_PIXELS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@contextmanager
+def _open_bounded(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """``Image.open`` (header only) with Pillow's bomb check at ``max_pixels``, then restored; raises
+    :class:`ImageReadError` for an image of more pixels."""
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns above it and raises above twice it
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise ImageReadError(f"{path}: {err}; raise the limit with ALPS_MAX_IMAGE_PIXELS") from err
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with opened:
+        width, height = opened.size
+        if width * height > max_pixels:
+            raise ImageReadError(
+                f"{path}: image is {width}x{height} = {width * height} px, more than the limit of "
+                f"{max_pixels} px (decompression-bomb guard); raise it with ALPS_MAX_IMAGE_PIXELS"
+            )
+        yield opened
+
+
+def _read_pil(path: Path, max_pixels: int) -> LoadedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "palette images with transparency" chatter
-        with Image.open(path) as opened:
+        with _open_bounded(path, max_pixels) as opened:
             opened.load()
             image: Image.Image = opened
             notes: list[str] = []
@@ -273,9 +316,14 @@ def _read_png16(path: Path) -> LoadedImage:
     return LoadedImage(_to_rgb(array, mode, notes), mode, notes)
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Read ``path`` following the module's conversion rule; raise :class:`ImageReadError` on failure."""
+def load_image(path: str | Path, *, max_pixels: int | None = None) -> LoadedImage:
+    """Read ``path`` following the module's conversion rule; raise :class:`ImageReadError` on failure.
+
+    ``max_pixels``: the decompression-bomb limit for files Pillow decodes (default
+    :func:`max_image_pixels`).
+    """
     path = Path(path)
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -290,7 +338,7 @@ def load_image(path: str | Path) -> LoadedImage:
         elif suffix == ".png" and _png_is_16bit_colour(path):
             loaded = _read_png16(path)
         if loaded is None:
-            loaded = _read_pil(path)
+            loaded = _read_pil(path, limit)
     except ImageReadError:
         raise
     except Exception as err:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
