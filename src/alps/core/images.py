@@ -11,7 +11,8 @@ grayscale + alpha         alpha dropped, gray band replicated (noted ``alpha dro
 RGBA                      alpha dropped, not composited (noted ``alpha dropped``)
 palette (``P``)           palette looked up to RGB (transparency dropped)
 CMYK / YCbCr / LAB / HSV  converted to RGB by Pillow
-16/32-bit integer, float  per-image percentile stretch: the 2nd and 98th percentiles of all finite
+16/32-bit integer, float  the input rule of :mod:`alps.core.rgb` (joint stretch, one fallback): the
+                          2nd and 98th percentiles of all finite
                           values (all bands together, so colour balance is kept) map to 0 and 255,
                           values outside are clipped, NaN/inf become 0 (noted ``stretched``)
 more than 3 bands         the first three bands (multispectral band selection: later issue)
@@ -48,9 +49,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from alps.core.rgb import STRETCH_PERCENTILES, stretch_to_uint8, to_rgb_uint8
+
+__all__ = [
+    "ImageFile",
+    "ImageReadError",
+    "LoadedImage",
+    "find_images",
+    "load_image",
+    "read_image",
+    "stretch_to_uint8",
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MIN_SIDE = 32
-STRETCH_PERCENTILES = (2.0, 98.0)
 MAX_ID_LENGTH = 120
 
 MAX_IMAGE_PIXELS = 1 << 30
@@ -168,24 +180,6 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[ImageFile]:
 # reading
 
 
-def stretch_to_uint8(array: np.ndarray, percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
-    """Map ``array`` to ``uint8`` by a linear stretch between two percentiles of its finite values.
-
-    The percentiles are taken over all values (all bands together). A constant image maps to 0.
-    """
-    data = array.astype(np.float64, copy=False)
-    finite = np.isfinite(data)
-    if not finite.any():
-        return np.zeros(array.shape, np.uint8)
-    lo, hi = np.percentile(data[finite], percentiles)
-    if hi <= lo:  # very peaked histogram: fall back to the full range
-        lo, hi = float(data[finite].min()), float(data[finite].max())
-    if hi <= lo:
-        return np.zeros(array.shape, np.uint8)
-    scaled = (np.where(finite, data, lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
 def _to_rgb(array: np.ndarray, source_mode: str, notes: list[str]) -> np.ndarray:
     """Apply the band and bit-depth part of the conversion rule to an (H, W[, C]) array."""
     if array.ndim == 2:
@@ -202,14 +196,9 @@ def _to_rgb(array: np.ndarray, source_mode: str, notes: list[str]) -> np.ndarray
     elif bands > 3:
         notes.append(f"first 3 of {bands} bands used")
         array = array[:, :, :3]
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
+    if array.dtype not in (np.uint8, np.bool_):
         notes.append(f"stretched {array.dtype} ({STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g}%)")
-        array = stretch_to_uint8(array)
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array)
+    return to_rgb_uint8(array)
 
 
 def max_image_pixels() -> int:
@@ -316,11 +305,12 @@ def _read_png16(path: Path) -> LoadedImage:
     return LoadedImage(_to_rgb(array, mode, notes), mode, notes)
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = None) -> LoadedImage:
+def load_image(path: str | Path, *, max_pixels: int | None = None, min_side: int = MIN_SIDE) -> LoadedImage:
     """Read ``path`` following the module's conversion rule; raise :class:`ImageReadError` on failure.
 
     ``max_pixels``: the decompression-bomb limit for files Pillow decodes (default
-    :func:`max_image_pixels`).
+    :func:`max_image_pixels`); ``min_side``: the smallest side accepted, in pixels (training tiles
+    may be smaller than what SAM needs).
     """
     path = Path(path)
     limit = max_image_pixels() if max_pixels is None else max_pixels
@@ -344,8 +334,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> LoadedImag
     except Exception as err:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
         raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
     height, width = loaded.pixels.shape[:2]
-    if min(height, width) < MIN_SIDE:
-        raise ImageReadError(f"{path}: image is {width}x{height} px; at least {MIN_SIDE} px per side needed")
+    if min(height, width) < min_side:
+        raise ImageReadError(f"{path}: image is {width}x{height} px; at least {min_side} px per side needed")
     return loaded
 
 

@@ -86,33 +86,11 @@ class SegmentationData:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as ``(H, W, 3)`` uint8 RGB (grey is repeated; alpha dropped; 16-bit/float stretched)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-                return np.array(im.convert("RGB"))
-            array = np.array(im)
-    except (OSError, ValueError):  # e.g. multi-band or float GeoTIFF that PIL cannot open
-        import rasterio
+    """Read an image as ``(H, W, 3)`` uint8 RGB by the same rule as labelling
+    (:func:`alps.core.images.load_image`, :mod:`alps.core.rgb`), any size."""
+    from alps.core.images import load_image
 
-        with rasterio.open(path) as src:
-            array = np.moveaxis(src.read(indexes=list(range(1, min(3, src.count) + 1))), 0, -1)
-    return _to_rgb_uint8(array)
-
-
-def _to_rgb_uint8(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    array = array[..., :3]
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    data = array.astype(np.float64)
-    lo, hi = np.nanpercentile(data, 2), np.nanpercentile(data, 98)
-    scaled = (data - lo) / max(hi - lo, 1e-12)
-    return (np.clip(np.nan_to_num(scaled), 0, 1) * 255).round().astype(np.uint8)
+    return load_image(path, min_side=1).pixels
 
 
 def read_label(path: str | Path, value_lut: np.ndarray | None = None) -> np.ndarray:
