@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from alps.core.files import write_text
 from alps.train.config import TrainConfig, parse_devices, save_yaml
 from alps.train.data import (
     EvalDataset,
@@ -107,6 +109,17 @@ def _checkpoint_hparams(path: Path) -> dict[str, Any]:
     return dict(hparams or {})
 
 
+#: environment variables that hold a process's rank under torchrun, Lightning's DDP launcher, SLURM, LSF
+RANK_VARIABLES = ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def is_global_zero() -> bool:
+    """True in the process of global rank 0 (or a single-process run): none of
+    :data:`RANK_VARIABLES` is set to anything but 0. Decided before the Trainer exists, so the run
+    folder's records are written once, not once per DDP process."""
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
+
+
 def _dataset_record(
     config: TrainConfig,
     data: SegmentationData,
@@ -186,10 +199,12 @@ def train(config: TrainConfig) -> RunResult:
         mean, std = saved["mean"], saved["std"]
     else:
         mean, std = compute_norm_stats([s.image for s in train_samples])
-    record_path.write_text(
-        json.dumps(_dataset_record(config, data, [s.id for s in train_samples], mean, std), indent=1)
-    )
-    save_yaml(config, run_dir / "config.yaml")
+    if is_global_zero():  # every DDP process gets here; one writes the run's records
+        write_text(
+            record_path,
+            json.dumps(_dataset_record(config, data, [s.id for s in train_samples], mean, std), indent=1),
+        )
+        save_yaml(config, run_dir / "config.yaml")
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = SegmentationModule(
