@@ -52,11 +52,17 @@ from PIL import Image, ImageOps
 from alps.core.rgb import STRETCH_PERCENTILES, stretch_to_uint8, to_rgb_uint8
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "MIN_SIDE",
+    "STRETCH_PERCENTILES",
     "ImageFile",
     "ImageReadError",
     "LoadedImage",
     "find_images",
+    "iter_images",
     "load_image",
+    "max_image_pixels",
     "read_image",
     "stretch_to_uint8",
 ]
