@@ -41,10 +41,10 @@ import numpy as np
 from PIL import Image
 
 from _common import cpu_train_config
+from alps.samples.neon import TREE_CLASSES, TreeImage, rasterize_boxes, tree_images
 from alps.train.config import TrainConfig
-from alps.train.data import read_image, read_label
+from alps.train.data import read_image, read_label, write_tiles
 from alps.train.run import evaluate, train
-from alps.train.samples import TREE_CLASSES, TreeImage, fetch_deepforest_images, rasterize_boxes, write_tiles
 
 log = logging.getLogger("alps.benchmarks.pretrain_effect")
 
@@ -235,7 +235,7 @@ def run_benchmark(s: Settings) -> dict[str, Any]:
     s.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    samples = {x.id: x for x in fetch_deepforest_images()}
+    samples = {x.id: x for x in tree_images()}
     trees = build_tree_benchmark(samples, s.out / "trees", s)
     timings["data"] = time.perf_counter() - clock
 

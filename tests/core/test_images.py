@@ -232,3 +232,33 @@ def test_too_small_and_missing(tmp_path: Path) -> None:
 def test_stretch_constant_image() -> None:
     assert not stretch_to_uint8(np.full((4, 4), 7, np.uint16)).any()
     assert not stretch_to_uint8(np.full((4, 4), np.nan)).any()
+
+
+def test_importing_leaves_pillows_bomb_guard_alone() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "from PIL import Image; d = Image.MAX_IMAGE_PIXELS; import alps.core.images; "
+        "print(Image.MAX_IMAGE_PIXELS == d)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True"]
+
+
+@pytest.mark.parametrize("size", [(1200, 1000), (2000, 2000)])  # our check; Pillow's at twice the limit
+def test_decompression_bomb_guard_is_bounded_and_scoped(
+    tmp_path: Path, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", size).save(path)
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageReadError, match=r"big\.png: .*ALPS_MAX_IMAGE_PIXELS"):
+        load_image(path, max_pixels=1_000_000)
+    assert Image.MAX_IMAGE_PIXELS == before
+    monkeypatch.setenv("ALPS_MAX_IMAGE_PIXELS", "1000000")
+    with pytest.raises(ImageReadError, match=r"more than the limit|decompression bomb"):
+        load_image(path)
+    monkeypatch.setenv("ALPS_MAX_IMAGE_PIXELS", str(size[0] * size[1]))
+    assert load_image(path).pixels.shape == (size[1], size[0], 3)
+    assert Image.MAX_IMAGE_PIXELS == before

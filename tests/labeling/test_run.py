@@ -22,7 +22,6 @@ from PIL import Image
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from alps.cli import main as cli_main
-from alps.labeling.dataset import split_ids as _split_ids
 from alps.labeling.paint import IGNORE_INDEX, load_label_png, paint_table
 from alps.labeling.run import LabelRun, OutputDirError, ParamsMismatchError, label
 from alps.labeling.table import read_mask_table
@@ -155,19 +154,6 @@ def test_sam_mask_source_runs(tmp_path: Path, model: Sam) -> None:
     assert len(run.ok) == 2
     assert all(r.n_masks > 0 for r in run.ok)
     assert manifest(tmp_path / "out")["parameters"]["generator_kwargs"]["pred_iou_thresh"] == 0.0
-
-
-def test_split_is_deterministic_and_exact() -> None:
-    ids = [f"img_{i}" for i in range(20)]
-    split = _split_ids(ids, 0.25, seed=0)
-    assert sum(v == "val" for v in split.values()) == 5
-    assert split == _split_ids(list(reversed(ids)), 0.25, seed=0)  # order of listing does not matter
-    assert split != _split_ids(ids, 0.25, seed=1)
-    assert set(_split_ids(ids, 0.0, 0).values()) == {"train"}
-    assert list(_split_ids(["a", "b"], 0.01, 0).values()).count("val") == 1  # at least one val
-    assert list(_split_ids(["a", "b"], 0.99, 0).values()).count("train") == 1  # at least one train
-    with pytest.raises(ValueError):
-        _split_ids(ids, 1.5, 0)
 
 
 # ------------------------------------------------------------------------------------ determinism

@@ -13,7 +13,7 @@ from PIL import Image
 from alps.cli import main
 from alps.labeling.paint import label_value_to_cluster, load_label_png
 from alps.review.mapping import apply_mapping, load_mapping
-from alps.train.samples import rasterize_boxes
+from alps.samples.neon import rasterize_boxes
 
 
 def tree_gt(dest: Path, boxes: dict[str, Any]) -> Path:

@@ -201,5 +201,38 @@ def test_litemedsam_segments_a_boxed_disc_through_the_official_predictor(litemed
 @pytest.mark.parametrize("name", ["litemedsam", "vit_t", "vit_b"])
 def test_box_prompt_models_are_the_box_trained_ones(name: str) -> None:
     from alps.sam.build import BOX_PROMPT_MODELS
+    from alps.sam.generator import default_prompt
 
-    assert getattr(load_sam(name), "box_prompts_only", False) == (name in BOX_PROMPT_MODELS)
+    assert (default_prompt(load_sam(name)) == "boxes") == (name in BOX_PROMPT_MODELS)
+    assert BOX_PROMPT_MODELS == {"litemedsam"}
+
+
+def _not_a_checkpoint(kind: str, tmp_path: Path, litemedsam_checkpoint: Path | None) -> Path:
+    path = tmp_path / f"{kind}.pth"
+    if kind == "text":
+        path.write_text("model weights go here\nsecond line\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes/readme.txt", "not a checkpoint")
+    else:
+        assert litemedsam_checkpoint is not None
+        path.write_bytes(litemedsam_checkpoint.read_bytes()[: 1 << 20])  # an interrupted download
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "zip", "truncated"])
+def test_unreadable_checkpoint_is_one_line_error_naming_the_file(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    real = request.getfixturevalue("litemedsam_checkpoint") if kind == "truncated" else None
+    path = _not_a_checkpoint(kind, tmp_path, real)
+    for load in (lambda: read_checkpoint(path), lambda: load_sam("litemedsam", checkpoint=path)):
+        with pytest.raises(ValueError, match="not a readable PyTorch checkpoint") as info:
+            load()
+        message = str(info.value)
+        assert message.startswith(str(path)) and "\n" not in message
+        assert "state dict saved with torch.save" in message

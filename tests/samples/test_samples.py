@@ -74,3 +74,49 @@ def test_sample_tree_boxes(samples: list[Path]) -> None:
     assert "SOAP_031.png" not in boxes
     for box in boxes["OSBS_029.png"]:
         assert 0 <= box.xmin < box.xmax <= 400 and 0 <= box.ymin < box.ymax <= 400
+
+
+def test_read_nrrd_gives_the_voxels_and_ras_affine_of_the_nifti(medical_cases: dict) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from alps.samples.medical import read_nrrd
+
+    case = medical_cases["breast1"]
+    nrrd = case.image.parent / "nrrd" / "breast1_image.nrrd"
+    if not nrrd.is_file():
+        pytest.skip(f"{nrrd} was not kept next to the converted volumes")
+    voxels, affine = read_nrrd(nrrd)
+    stored = nib.load(case.image)
+    assert voxels.shape == (45, 120, 21) and voxels.dtype == np.int16 and voxels.flags.c_contiguous
+    assert np.array_equal(voxels, np.asanyarray(stored.dataobj))
+    assert np.allclose(affine, stored.affine)
+    # 0.66 x 0.66 x 2.1 mm voxels; LPS -> RAS negates x and y
+    assert np.allclose(np.diag(affine)[:3], [-0.664062, -0.664062, 2.1])
+
+
+def test_read_nrrd_bad_file_is_one_line_error(tmp_path: Path) -> None:
+    from alps.samples.medical import read_nrrd
+
+    bad = tmp_path / "bad.nrrd"
+    bad.write_text("not an nrrd header\n\n")
+    with pytest.raises(ValueError, match=r"bad\.nrrd: not a readable NRRD file"):
+        read_nrrd(bad)
+
+
+def test_tree_images_pair_images_with_boxes_and_rasterize(samples: list[Path]) -> None:
+    import numpy as np
+
+    from alps.samples.neon import rasterize_boxes, tree_images
+
+    found = {t.id: t for t in tree_images(["OSBS_029", "SOAP_031"])}
+    assert found["SOAP_031"].boxes is None and found["OSBS_029"].image.name == "OSBS_029.png"
+    boxes = found["OSBS_029"].boxes
+    assert boxes is not None and len(boxes) > 10
+    mask = rasterize_boxes(boxes, (400, 400))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    first = boxes[0]
+    assert mask[first.ymin, first.xmin] == 1 and mask[first.ymin : first.ymax, first.xmin : first.xmax].all()
+    assert rasterize_boxes([TreeBox(-5, 390, 3, 420, "Tree")], (400, 400)).sum() == 3 * 10  # clipped
+    with pytest.raises(ValueError, match="unknown sample image"):
+        tree_images(["nope"])

@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from alps.train.samples import TreeImage
+from alps.samples.neon import TreeImage
 
 from .fake_data import make_colour_pseudo_dataset, make_tree_dataset
 
 
 @pytest.fixture(scope="session")
 def deepforest_samples() -> dict[str, TreeImage]:
-    from alps.train.samples import fetch_deepforest_images
+    from alps.samples.neon import tree_images
     from tests.conftest import require_asset
 
     found = require_asset(
-        "the deepforest sample images", lambda: fetch_deepforest_images(["OSBS_029", "SOAP_061", "SOAP_031"])
+        "the deepforest sample images", lambda: tree_images(["OSBS_029", "SOAP_061", "SOAP_031"])
     )
     return {s.id: s for s in found}
 

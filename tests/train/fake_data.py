@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alps.train.data import read_image
-from alps.train.samples import TreeImage, rasterize_boxes, write_tiles
+from alps.samples.neon import TreeImage, rasterize_boxes
+from alps.train.data import read_image, write_tiles
 
 SCALE = 0.48  # 400 px sample images -> 192 px -> four 96 px tiles
 TILE = 96
@@ -70,10 +70,10 @@ def make_colour_pseudo_dataset(
 
 
 if __name__ == "__main__":
-    from alps.train.samples import fetch_deepforest_images
+    from alps.samples.neon import tree_images
 
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "fake_datasets")
-    found = {s.id: s for s in fetch_deepforest_images(["OSBS_029", "SOAP_061", "SOAP_031"])}
+    found = {s.id: s for s in tree_images(["OSBS_029", "SOAP_061", "SOAP_031"])}
     print(make_tree_dataset(found, out / "trees"))
     print(make_colour_pseudo_dataset(found, out / "pseudo"))
     for path in sorted((out / "pseudo" / "labels" / "train").glob("*.png"))[:1]:

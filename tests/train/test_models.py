@@ -95,8 +95,8 @@ def test_real_efficientnet_lite0_imagenet_weights(deepforest_samples: dict) -> N
     import cv2
     import numpy as np
 
+    from alps.samples.encoders import fetch_efficientnet_lite0_weights
     from alps.train.data import read_image
-    from alps.train.samples import fetch_efficientnet_lite0_weights
     from tests.conftest import require_asset
 
     path = require_asset("the EfficientNet-Lite0 weights", fetch_efficientnet_lite0_weights)

@@ -149,3 +149,39 @@ def test_resumed_run_continues_from_its_checkpoint(pretrained_run: Path, tmp_pat
 def _lr_by_step(path: Path) -> dict[int, float]:
     rows = csv.DictReader(path.open())
     return {int(r["step"]): float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")}
+
+
+@pytest.mark.parametrize(
+    ("env", "zero"),
+    [
+        ({}, True),
+        ({"RANK": "1"}, False),
+        ({"LOCAL_RANK": "0"}, True),
+        ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False),
+        ({"SLURM_PROCID": "3"}, False),
+    ],
+)
+def test_is_global_zero_reads_the_launchers_rank(
+    env: dict, zero: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alps.train.run import RANK_VARIABLES, is_global_zero
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert is_global_zero() is zero
+
+
+def test_only_rank_zero_writes_the_run_records(
+    pseudo_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a DDP process of rank 1 (as Lightning's launcher starts it) trains but leaves the records to rank 0
+    monkeypatch.setenv("RANK", "1")
+    run = tmp_path / "rank1"
+    assert main(["pretrain", str(pseudo_dataset), "--out", str(run), *TINY, "--max-steps", "1"]) == 0
+    assert not (run / "dataset.json").exists() and not (run / "config.yaml").exists()
+    monkeypatch.delenv("RANK")
+    run0 = tmp_path / "rank0"
+    assert main(["pretrain", str(pseudo_dataset), "--out", str(run0), *TINY, "--max-steps", "1"]) == 0
+    assert (run0 / "dataset.json").is_file() and (run0 / "config.yaml").is_file()

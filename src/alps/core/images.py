@@ -11,7 +11,8 @@ grayscale + alpha         alpha dropped, gray band replicated (noted ``alpha dro
 RGBA                      alpha dropped, not composited (noted ``alpha dropped``)
 palette (``P``)           palette looked up to RGB (transparency dropped)
 CMYK / YCbCr / LAB / HSV  converted to RGB by Pillow
-16/32-bit integer, float  per-image percentile stretch: the 2nd and 98th percentiles of all finite
+16/32-bit integer, float  the input rule of :mod:`alps.core.rgb` (joint stretch, one fallback): the
+                          2nd and 98th percentiles of all finite
                           values (all bands together, so colour balance is kept) map to 0 and 255,
                           values outside are clipped, NaN/inf become 0 (noted ``stretched``)
 more than 3 bands         the first three bands (multispectral band selection: later issue)
@@ -23,6 +24,12 @@ TIFF files are decoded with ``tifffile`` (multi-band and high-bit-depth rasters)
 to Pillow; 16-bit colour PNGs with OpenCV (Pillow would truncate them to 8 bits).
 Images smaller than :data:`MIN_SIDE` pixels on a side, empty, corrupt or unsupported files raise
 :class:`ImageReadError`.
+
+Decompression-bomb guard: a file Pillow decodes may hold at most :func:`max_image_pixels` pixels
+(default :data:`MAX_IMAGE_PIXELS`, 2**30 = a 32768 x 32768 scene, 3 GiB as RGB; set
+``ALPS_MAX_IMAGE_PIXELS`` or pass ``max_pixels``); a larger one raises :class:`ImageReadError` before
+its pixels are decoded. Pillow's own ``Image.MAX_IMAGE_PIXELS`` is set only while a file is
+opened (under a lock) and restored afterwards, so importing alps changes nothing in Pillow.
 """
 
 from __future__ import annotations
@@ -30,22 +37,43 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from alps.core.rgb import STRETCH_PERCENTILES, stretch_to_uint8, to_rgb_uint8
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "MIN_SIDE",
+    "STRETCH_PERCENTILES",
+    "ImageFile",
+    "ImageReadError",
+    "LoadedImage",
+    "find_images",
+    "iter_images",
+    "load_image",
+    "max_image_pixels",
+    "read_image",
+    "stretch_to_uint8",
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MIN_SIDE = 32
-STRETCH_PERCENTILES = (2.0, 98.0)
 MAX_ID_LENGTH = 120
 
-Image.MAX_IMAGE_PIXELS = None  # aerial scenes are legitimately huge; we trust local files
+MAX_IMAGE_PIXELS = 1 << 30
+"""Default pixel limit of the decompression-bomb guard (aerial scenes are legitimately large)."""
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 class ImageReadError(RuntimeError):
@@ -158,24 +186,6 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> list[ImageFile]:
 # reading
 
 
-def stretch_to_uint8(array: np.ndarray, percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
-    """Map ``array`` to ``uint8`` by a linear stretch between two percentiles of its finite values.
-
-    The percentiles are taken over all values (all bands together). A constant image maps to 0.
-    """
-    data = array.astype(np.float64, copy=False)
-    finite = np.isfinite(data)
-    if not finite.any():
-        return np.zeros(array.shape, np.uint8)
-    lo, hi = np.percentile(data[finite], percentiles)
-    if hi <= lo:  # very peaked histogram: fall back to the full range
-        lo, hi = float(data[finite].min()), float(data[finite].max())
-    if hi <= lo:
-        return np.zeros(array.shape, np.uint8)
-    scaled = (np.where(finite, data, lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
 def _to_rgb(array: np.ndarray, source_mode: str, notes: list[str]) -> np.ndarray:
     """Apply the band and bit-depth part of the conversion rule to an (H, W[, C]) array."""
     if array.ndim == 2:
@@ -192,20 +202,48 @@ def _to_rgb(array: np.ndarray, source_mode: str, notes: list[str]) -> np.ndarray
     elif bands > 3:
         notes.append(f"first 3 of {bands} bands used")
         array = array[:, :, :3]
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
+    if array.dtype not in (np.uint8, np.bool_):
         notes.append(f"stretched {array.dtype} ({STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g}%)")
-        array = stretch_to_uint8(array)
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array)
+    return to_rgb_uint8(array)
 
 
-def _read_pil(path: Path) -> LoadedImage:
+def max_image_pixels() -> int:
+    """The guard's pixel limit: ``ALPS_MAX_IMAGE_PIXELS`` if set (a positive integer), else the default."""
+    value = os.environ.get("ALPS_MAX_IMAGE_PIXELS", "").strip()
+    if not value:
+        return MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) <= 0:
+        raise ValueError(f"ALPS_MAX_IMAGE_PIXELS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@contextmanager
+def _open_bounded(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """``Image.open`` (header only) with Pillow's bomb check at ``max_pixels``, then restored; raises
+    :class:`ImageReadError` for an image of more pixels."""
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns above it and raises above twice it
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise ImageReadError(f"{path}: {err}; raise the limit with ALPS_MAX_IMAGE_PIXELS") from err
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with opened:
+        width, height = opened.size
+        if width * height > max_pixels:
+            raise ImageReadError(
+                f"{path}: image is {width}x{height} = {width * height} px, more than the limit of "
+                f"{max_pixels} px (decompression-bomb guard); raise it with ALPS_MAX_IMAGE_PIXELS"
+            )
+        yield opened
+
+
+def _read_pil(path: Path, max_pixels: int) -> LoadedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "palette images with transparency" chatter
-        with Image.open(path) as opened:
+        with _open_bounded(path, max_pixels) as opened:
             opened.load()
             image: Image.Image = opened
             notes: list[str] = []
@@ -273,9 +311,15 @@ def _read_png16(path: Path) -> LoadedImage:
     return LoadedImage(_to_rgb(array, mode, notes), mode, notes)
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Read ``path`` following the module's conversion rule; raise :class:`ImageReadError` on failure."""
+def load_image(path: str | Path, *, max_pixels: int | None = None, min_side: int = MIN_SIDE) -> LoadedImage:
+    """Read ``path`` following the module's conversion rule; raise :class:`ImageReadError` on failure.
+
+    ``max_pixels``: the decompression-bomb limit for files Pillow decodes (default
+    :func:`max_image_pixels`); ``min_side``: the smallest side accepted, in pixels (training tiles
+    may be smaller than what SAM needs).
+    """
     path = Path(path)
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -290,14 +334,14 @@ def load_image(path: str | Path) -> LoadedImage:
         elif suffix == ".png" and _png_is_16bit_colour(path):
             loaded = _read_png16(path)
         if loaded is None:
-            loaded = _read_pil(path)
+            loaded = _read_pil(path, limit)
     except ImageReadError:
         raise
     except Exception as err:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
         raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
     height, width = loaded.pixels.shape[:2]
-    if min(height, width) < MIN_SIDE:
-        raise ImageReadError(f"{path}: image is {width}x{height} px; at least {MIN_SIDE} px per side needed")
+    if min(height, width) < min_side:
+        raise ImageReadError(f"{path}: image is {width}x{height} px; at least {min_side} px per side needed")
     return loaded
 
 

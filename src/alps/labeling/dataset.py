@@ -11,10 +11,8 @@ Layout (mmsegmentation style)::
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -151,32 +149,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def split_ids(
-    ids: Sequence[str], val_fraction: float, seed: int, groups: dict[str, str] | None = None
-) -> dict[str, str]:
-    """Deterministic split: ids ordered by a seeded hash, the first ``round(n * f)`` go to val.
-
-    At least one image goes to val when ``0 < f`` and there are two or more images, and at least
-    one stays in train when ``f < 1``. ``groups`` (id -> group, e.g. slice -> volume) splits whole
-    groups instead: every id of a group lands in the group's split; ids not in it are their own group.
-    """
-    if groups:
-        keys = {i: groups.get(i, i) for i in ids}
-        by_group = split_ids(list(dict.fromkeys(keys.values())), val_fraction, seed)
-        return {i: by_group[keys[i]] for i in ids}
-    if not 0.0 <= val_fraction <= 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
-    n = len(ids)
-    n_val = round(n * val_fraction)
-    if val_fraction > 0 and n >= 2:
-        n_val = max(n_val, 1)
-    if val_fraction < 1:
-        n_val = min(n_val, max(n - 1, 0))
-    order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
-    val = set(order[:n_val])
-    return {i: ("val" if i in val else "train") for i in ids}
 
 
 def write_splits(out: Path, splits: dict[str, str]) -> dict[str, list[str]]:

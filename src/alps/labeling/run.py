@@ -42,9 +42,10 @@ import torch
 
 from alps import __version__
 from alps.core.files import remove_stale_files, write_json
+from alps.core.splits import split_ids
 from alps.core.timing import StageTimer
 from alps.labeling.config import LabelConfig, split_overrides
-from alps.labeling.dataset import ImageRecord, LabelRun, split_ids, write_manifest, write_splits
+from alps.labeling.dataset import ImageRecord, LabelRun, write_manifest, write_splits
 from alps.labeling.inputs import Plan, plan_items
 from alps.labeling.inputs.base import Item, PaintContext, UnitResult, WorkUnit
 from alps.labeling.resume import (
@@ -131,13 +132,12 @@ def label(
     Raises:
         OutputDirError, ParamsMismatchError, ValueError: before any work is done.
     """
-    from alps.core.runtime import keep_freed_memory
+    from alps.core.runtime import tuned_malloc
     from alps.engines import get_engine
 
     ctx = prepare(inputs, out, config, overrides)
     runner = get_engine(engine)
-    keep_freed_memory()
-    with log_to(ctx.out / "log.txt"):
+    with tuned_malloc(), log_to(ctx.out / "log.txt"):  # ~20 % faster CPU masks; restored afterwards
         log.info("alps label %s -> %s (engine %s)", __version__, ctx.out, runner.name)
         return execute(ctx, runner)
 

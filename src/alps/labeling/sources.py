@@ -168,14 +168,11 @@ def generator_settings(
     prompt type (SAM masks only; box-trained LiteMedSAM: boxes), written out for the manifest."""
     if masks != "sam":
         return dict(sorted(given.items()))
-    from alps.sam.build import BOX_PROMPT_MODELS
     from alps.sam.generator import THRESHOLDS, default_prompt
 
     if prompt is None:
         prompt = (
-            default_prompt(spec.module)
-            if spec.module is not None
-            else ("boxes" if spec.name in BOX_PROMPT_MODELS else "points")
+            default_prompt(spec.module) if spec.module is not None else default_prompt(spec.name)
         )
     iou, stability = THRESHOLDS[prompt]
     defaults = {"pred_iou_thresh": iou, "stability_score_thresh": stability}
@@ -186,7 +183,9 @@ def model_input(model: ResolvedModel) -> int:
     """Longest side of the model's encoder input in pixels (sets the default tile size of scenes)."""
     if model.module is not None:
         return int(getattr(getattr(model.module, "image_encoder", None), "img_size", 1024))
-    return 256 if model.name == "litemedsam" else 1024
+    from alps.sam.registry import model_spec
+
+    return model_spec(model.name).input_size
 
 
 def build_source(

@@ -1,8 +1,9 @@
 """SAM-family models and automatic mask generation.
 
-``build`` (model registry and builders), ``tiny_vit`` / ``vit_fast`` (encoders), ``weights`` (published
-checkpoints), ``prompts`` (point and box grids), ``decoder`` and ``generator`` (the exact/fast automatic
-mask generator), ``types`` (what the generator hands to the next stage).
+``registry`` (one :class:`ModelSpec` per model type), ``build`` (architectures and ``load_sam``),
+``tiny_vit`` / ``vit_fast`` (encoders), ``weights`` (published checkpoints), ``prompts`` (point and
+box grids), ``decoder`` and ``generator`` (the exact/fast automatic mask generator), ``types`` (what
+the generator hands to the next stage).
 
 Names load lazily so that ``alps.sam.weights`` (used by the CLI) does not import torch.
 """
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from alps.sam.build import BUILDERS, MODEL_TYPES, LiteMedSam, load_sam, model_input_size
     from alps.sam.generator import MaskGenerator, default_prompt
+    from alps.sam.registry import MODELS, ModelSpec, model_spec
     from alps.sam.tiny_vit import TinyViT, TinyViTConfig
     from alps.sam.types import Geometry, MaskResult
     from alps.sam.weights import WeightsEntry, fetch_weights, list_weights, weights_path
@@ -26,6 +28,9 @@ _EXPORTS = {
     "LiteMedSam": "alps.sam.build",
     "load_sam": "alps.sam.build",
     "model_input_size": "alps.sam.build",
+    "MODELS": "alps.sam.registry",
+    "ModelSpec": "alps.sam.registry",
+    "model_spec": "alps.sam.registry",
     "TinyViT": "alps.sam.tiny_vit",
     "TinyViTConfig": "alps.sam.tiny_vit",
     "WeightsEntry": "alps.sam.weights",
@@ -40,11 +45,13 @@ _EXPORTS = {
 
 __all__ = [
     "BUILDERS",
+    "MODELS",
     "MODEL_TYPES",
     "Geometry",
     "LiteMedSam",
     "MaskGenerator",
     "MaskResult",
+    "ModelSpec",
     "TinyViT",
     "TinyViTConfig",
     "WeightsEntry",
@@ -53,6 +60,7 @@ __all__ = [
     "list_weights",
     "load_sam",
     "model_input_size",
+    "model_spec",
     "weights_path",
 ]
 

@@ -1,4 +1,4 @@
-"""Model builders: one entry per ``model_type`` and :func:`load_sam`, the front door.
+"""Model builders: architectures, ``BUILDERS`` (from :data:`alps.sam.registry.MODELS`) and :func:`load_sam`.
 
 Every builder returns a :class:`segment_anything.modeling.Sam` (or a subclass carrying its own
 preprocessing), so the official predictor and automatic mask generator accept our models as-is.
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
+from alps.sam.registry import MODELS, model_spec, spec_of
 from alps.sam.tiny_vit import TinyViT, TinyViTConfig
 from alps.sam.weights import REGISTRY, fetch_weights, manual_instructions, weights_path
 
@@ -92,8 +93,8 @@ class LiteMedSam(Sam):
     ``pixel_mean``/``pixel_std`` are kept only for interface compatibility and are not used.
     """
 
-    #: trained with box prompts only: point prompts give empty masks (read by alps.sam.default_prompt)
-    box_prompts_only = True
+    #: the registry entry (alps.sam.registry.MODELS) of models of this class, however they were built
+    model_type = "litemedsam"
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``3 x h x w`` or ``B x 3 x h x w`` pixels (any range), longest side <= img_size.
@@ -122,16 +123,10 @@ def build_sam_tiny_vit(config: TinyViTConfig, sam_class: type[Sam] = Sam) -> Sam
     )
 
 
-BUILDERS: dict[str, Callable[[], Sam]] = {
-    "vit_b": partial(build_sam_vit, 768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": partial(build_sam_vit, 1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": partial(build_sam_vit, 1280, 32, 16, (7, 15, 23, 31)),
-    "vit_t": partial(build_sam_tiny_vit, MOBILE_SAM_ENCODER),
-    "litemedsam": partial(build_sam_tiny_vit, LITEMEDSAM_ENCODER, LiteMedSam),
-}
-MODEL_TYPES: tuple[str, ...] = tuple(BUILDERS)
-#: model types whose models were trained with box prompts only (their ``box_prompts_only`` is True)
-BOX_PROMPT_MODELS = frozenset({"litemedsam"})
+BUILDERS: dict[str, Callable[[], Sam]] = {name: spec.build for name, spec in MODELS.items()}
+MODEL_TYPES: tuple[str, ...] = tuple(MODELS)
+#: model types whose models were trained with box prompts only
+BOX_PROMPT_MODELS = frozenset(name for name, spec in MODELS.items() if spec.default_prompt == "boxes")
 
 ARCHITECTURES = {
     "vit_b": "SAM ViT-B encoder, embed dim 768",
@@ -144,7 +139,14 @@ _VIT_BY_DIM = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
 def model_input_size(model: nn.Module) -> int:
-    """Side in pixels of the square image the model's encoder takes (1024, or 256 for LiteMedSAM)."""
+    """Side in pixels of the square image the model's encoder takes (1024, or 256 for LiteMedSAM).
+
+    Read from the model's registry entry; a model built outside the registry is asked for its
+    ``image_encoder.img_size``.
+    """
+    spec = spec_of(model)
+    if spec is not None:
+        return spec.input_size
     size = getattr(getattr(model, "image_encoder", None), "img_size", None)
     if not isinstance(size, int):
         raise TypeError(f"{type(model).__name__} has no image_encoder.img_size")
@@ -173,15 +175,24 @@ def detect_architecture(state: Mapping[str, Any]) -> tuple[str | None, str]:
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict with ``weights_only=True`` (no arbitrary unpickling).
 
-    Accepts a raw state dict or one wrapped under ``"model"`` or ``"state_dict"``.
+    Accepts a raw state dict or one wrapped under ``"model"`` or ``"state_dict"``. A file that is
+    not a PyTorch checkpoint (text, truncated download, another zip archive) raises a one-line
+    ``ValueError`` naming the file and what was expected; errors opening it (``OSError``) pass.
     """
     try:
         obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except OSError:
+        raise
     except pickle.UnpicklingError as err:
+        reason = _weights_only_reason(err)
+        if reason is None:  # not a pickle at all (text, random bytes)
+            raise _unreadable(path, err) from err
         raise ValueError(
             f"{path}: refusing to load, it holds objects other than tensors and plain containers "
-            f"(loaded with weights_only=True; a checkpoint should be a state dict): {err}"
+            f"(loaded with weights_only=True; a checkpoint should be a state dict): {reason}"
         ) from err
+    except Exception as err:  # torch's readers raise IndexError, KeyError, EOFError, RuntimeError...
+        raise _unreadable(path, err) from err
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -190,6 +201,30 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return dict(obj)
+
+
+def _torch_reason(err: BaseException, limit: int = 160) -> str:
+    """The paragraph of a torch.load error that says what was wrong, on one line, without
+    torch's advice paragraphs."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "In PyTorch")
+    paragraphs = [" ".join(p.split()) for p in str(err).split("\n\n")]
+    kept = [p for p in paragraphs if p and not p.startswith(boilerplate) and p != "WeightsUnpickler error:"]
+    text = " ".join(kept) or " ".join(str(err).split()) or "no message"
+    return text[:limit]
+
+
+def _weights_only_reason(err: pickle.UnpicklingError) -> str | None:
+    """Why torch's weights-only unpickler refused an object, or ``None`` when the bytes were not
+    a pickle at all (an unknown opcode: text, random bytes)."""
+    reason = _torch_reason(err)
+    return None if "Unsupported operand" in reason or "invalid load key" in reason else reason
+
+
+def _unreadable(path: str | Path, err: BaseException) -> ValueError:
+    return ValueError(
+        f"{path}: not a readable PyTorch checkpoint (expected a state dict saved with torch.save, "
+        f"e.g. a SAM, MobileSAM or LiteMedSAM .pth file; {type(err).__name__}: {_torch_reason(err)})"
+    )
 
 
 def resolve_checkpoint(checkpoint: str | Path, model_type: str) -> Path:
@@ -233,8 +268,7 @@ def load_sam(
     ``None`` never downloads anything. A checkpoint of another architecture raises ``ValueError``
     naming both the requested ``model_type`` and the one the checkpoint looks like.
     """
-    if model_type not in BUILDERS:
-        raise ValueError(f"unknown model_type {model_type!r}; choose one of {list(MODEL_TYPES)}")
+    spec = model_spec(model_type)
     state: dict[str, torch.Tensor] | None = None
     path: Path | None = None
     if checkpoint is not None:
@@ -248,7 +282,7 @@ def load_sam(
             )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BUILDERS[model_type]()
+        model = spec.build()
     if state is not None:
         try:
             model.load_state_dict(state, strict=True)

@@ -85,9 +85,14 @@ CPU_DECODER_WORKERS = 4
 UPSAMPLE_CHUNK = 16
 
 
-def default_prompt(model: Sam) -> Prompt:
-    """Box prompts for box-trained models (LiteMedSAM), points otherwise."""
-    return "boxes" if getattr(model, "box_prompts_only", False) else "points"
+def default_prompt(model: Sam | str) -> Prompt:
+    """The prompt type the model (or ``model_type`` name) was trained with, from its
+    :class:`~alps.sam.registry.ModelSpec`: boxes for LiteMedSAM; points for SAM and models
+    built outside the registry."""
+    from alps.sam.registry import model_spec, spec_of
+
+    spec = model_spec(model) if isinstance(model, str) else spec_of(model)
+    return spec.default_prompt if spec is not None else "points"
 
 
 @dataclass

@@ -9,6 +9,11 @@ match is deleted. Files live in ``alps.core.fetch.cache_dir() / "weights"``.
 
 Official SAM checkpoints are large (375 MB to 2.6 GB) and are only fetched on request
 (``alps weights fetch NAME`` or :func:`fetch_weights`), never as a side effect of loading a model.
+
+Why not ``pooch``: pooch (checked: 1.9.0, ``pooch.retrieve`` / ``HTTPDownloader``) downloads into a
+temporary file that it deletes when the transfer fails and never sends a ``Range`` request, so an
+interrupted 2.6 GB ViT-H download starts again from zero. Resuming is the one thing the small
+downloader here (:func:`_download`) adds; hashing and atomic placement reuse ``alps.core.files``.
 """
 
 from __future__ import annotations

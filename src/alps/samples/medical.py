@@ -18,17 +18,15 @@ Data and code of pyradiomics: BSD 3-Clause licence, (c) the pyradiomics contribu
 (Computational Imaging & Bioinformatics Lab, Harvard Medical School); the test cases are
 published with pyradiomics for its regression tests.
 
-Conversion (:func:`read_nrrd`, :func:`nrrd_to_nifti`): NRRD stores voxels fastest axis first with
-``space directions`` (one vector per axis, in mm) and ``space origin`` in ``space`` (here
-``left-posterior-superior``); the NIfTI affine is ``diag(-1, -1, 1, 1) @ [directions | origin]``
-(LPS -> RAS), voxel values are kept in their stored integer type. Masks become ``uint8`` 0/1.
+Conversion (:func:`read_nrrd`, read by ``pynrrd``; :func:`nrrd_to_nifti`): NRRD stores voxels
+fastest axis first with ``space directions`` (one vector per axis, in mm) and ``space origin`` in
+``space`` (here ``left-posterior-superior``); the NIfTI affine is
+``diag(-1, -1, 1, 1) @ [directions | origin]`` (LPS -> RAS), voxel values are kept in their stored
+integer type. Masks become ``uint8`` 0/1.
 """
 
 from __future__ import annotations
 
-import gzip
-import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +42,6 @@ _MEMBER_DIR = "data/"
 CASES = ("brain1", "brain2", "breast1", "lung1", "lung2")
 MODALITY = {"brain1": "MR", "brain2": "MR", "breast1": "MR", "lung1": "CT", "lung2": "CT"}
 
-_NRRD_TYPES = {
-    "signed char": np.int8, "int8": np.int8, "int8_t": np.int8,
-    "uchar": np.uint8, "unsigned char": np.uint8, "uint8": np.uint8, "uint8_t": np.uint8,
-    "short": np.int16, "short int": np.int16, "signed short": np.int16, "int16": np.int16,
-    "int16_t": np.int16, "ushort": np.uint16, "unsigned short": np.uint16, "uint16": np.uint16,
-    "uint16_t": np.uint16, "int": np.int32, "signed int": np.int32, "int32": np.int32,
-    "int32_t": np.int32, "uint": np.uint32, "unsigned int": np.uint32, "uint32": np.uint32,
-    "uint32_t": np.uint32, "float": np.float32, "double": np.float64,
-}  # fmt: skip
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -67,44 +56,23 @@ class MedicalCase:
 
 
 def read_nrrd(path: str | Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
-    """Read a 3-D NRRD file with attached data (raw or gzip encoding).
+    """Read a 3-D NRRD file with ``pynrrd``.
 
-    Returns the voxels as an ``(I, J, K)`` array (first NRRD axis first) in the stored type and the
-    4 x 4 RAS affine (see the module docstring).
+    Returns the voxels as a C-contiguous ``(I, J, K)`` array (first NRRD axis first) in the stored
+    type, native byte order, and the 4 x 4 RAS affine (see the module docstring). Raises
+    ``ValueError`` (one line, naming the file) for another dimension or an unsupported space.
     """
-    raw = Path(path).read_bytes()
-    end = raw.find(b"\n\n")
-    if not raw.startswith(b"NRRD") or end < 0:
-        raise ValueError(f"{path}: not an NRRD file with attached data")
-    fields: dict[str, str] = {}
-    for line in raw[:end].decode("latin-1").splitlines()[1:]:
-        if line.startswith("#") or ":" not in line:
-            continue
-        key, _, value = line.partition(":")
-        fields[key.strip().lower()] = value.lstrip("=").strip()
-    if "data file" in fields or "datafile" in fields:
-        raise ValueError(f"{path}: detached NRRD data is not supported")
-    sizes = tuple(int(v) for v in fields["sizes"].split())
-    if len(sizes) != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, got sizes {sizes}")
-    dtype = np.dtype(_NRRD_TYPES[fields["type"].lower()])
-    if dtype.itemsize > 1:
-        dtype = dtype.newbyteorder("<" if fields.get("endian", "little") == "little" else ">")
-    payload = raw[end + 2 :]
-    encoding = fields.get("encoding", "raw").lower()
-    if encoding in ("gzip", "gz"):
-        payload = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else zlib.decompress(payload)
-    elif encoding != "raw":
-        raise ValueError(f"{path}: NRRD encoding {encoding!r} is not supported")
-    count = int(np.prod(sizes))
-    flat = np.frombuffer(payload[: count * dtype.itemsize], dtype=dtype)
-    if flat.size != count:
-        raise ValueError(f"{path}: {flat.size} voxels stored, header says {count}")
-    voxels = flat.reshape(sizes[::-1]).transpose(2, 1, 0).astype(dtype.newbyteorder("="))
-    vectors = re.findall(r"\(([^)]*)\)", fields["space directions"])
-    directions = np.array([[float(x) for x in v.split(",")] for v in vectors], dtype=np.float64)
-    origin = np.array([float(x) for x in re.findall(r"\(([^)]*)\)", fields["space origin"])[0].split(",")])
-    space = fields.get("space", "left-posterior-superior").lower()
+    import nrrd
+
+    try:
+        data, header = nrrd.read(str(path), index_order="F")
+    except nrrd.NRRDError as err:
+        raise ValueError(f"{path}: not a readable NRRD file ({err})") from err
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, got sizes {tuple(data.shape)}")
+    directions = np.asarray(header["space directions"], dtype=np.float64)  # row n: axis n, in mm
+    origin = np.asarray(header["space origin"], dtype=np.float64)
+    space = str(header.get("space", "left-posterior-superior")).lower()
     affine = np.eye(4)
     affine[:3, :3] = directions.T  # column n = direction of axis n
     affine[:3, 3] = origin
@@ -112,7 +80,7 @@ def read_nrrd(path: str | Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.float6
         affine = _LPS_TO_RAS @ affine
     elif space not in ("right-anterior-superior", "ras"):
         raise ValueError(f"{path}: NRRD space {space!r} is not supported")
-    return np.ascontiguousarray(voxels), affine
+    return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("=")), affine
 
 
 def nrrd_to_nifti(source: str | Path, dest: str | Path, *, mask: bool = False) -> Path:

@@ -3,7 +3,8 @@
 The wheel is fetched once with pip's own client (never installed) and the images are extracted
 into the alps cache, so demos, tests and benchmarks run on real imagery without a data service.
 The images are 10 cm NEON airborne orthophotos (OSBS, SOAP and YELL sites) with hand-drawn
-tree-crown boxes, distributed with DeepForest (MIT licence).
+tree-crown boxes, distributed with DeepForest (MIT licence). :func:`tree_images` pairs each image
+with its boxes and :func:`rasterize_boxes` turns boxes into the tree / not-tree maps training uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 from alps.core.fetch import cache_dir, extract_member, pip_download
 
@@ -29,6 +33,8 @@ MEDIUM_IMAGES = ("2019_YELL_2_541000_4977000_image_crop.png",)
 LARGE_IMAGES = ("2019_YELL_2_528000_4978000_image_crop2.png",)
 """2299 x 2472 px, 15 MB: left out unless asked for."""
 SAMPLE_IMAGES = SMALL_IMAGES + MEDIUM_IMAGES + LARGE_IMAGES
+TREE_CLASSES = ("not_tree", "tree")
+"""Class names of :func:`rasterize_boxes` maps (value 0, 1)."""
 
 # Pascal-VOC box files in the wheel, by the image they describe (OSBS_029.xml names the .tif twin
 # of OSBS_029.png; the pixels are the same). SOAP_031 has no boxes.
@@ -123,3 +129,32 @@ def sample_tree_boxes(dest: str | Path | None = None) -> dict[str, list[TreeBox]
     folder = Path(dest) if dest is not None else default_dir()
     xml_paths = _extract(list(_BOX_FILES.values()), folder)
     return {image: parse_voc_boxes(xml) for image, xml in zip(_BOX_FILES, xml_paths, strict=True)}
+
+
+@dataclass(frozen=True)
+class TreeImage:
+    """One sample image and its boxes (``None``: unannotated, pre-training imagery only)."""
+
+    id: str  # the file stem, e.g. "OSBS_029"
+    image: Path
+    boxes: list[TreeBox] | None
+
+
+def tree_images(ids: Sequence[str] | None = None, dest: str | Path | None = None) -> list[TreeImage]:
+    """Sample images by stem (default: all of :data:`SAMPLE_IMAGES`) with their hand-drawn boxes.
+
+    Same cache folder and fetch as :func:`sample_images`; raises ``ValueError`` for unknown ids.
+    """
+    names = [f"{i}.png" for i in ids] if ids is not None else list(SAMPLE_IMAGES)
+    images = sample_images(dest, names=names)
+    boxes = sample_tree_boxes(dest)
+    return [TreeImage(path.stem, path, boxes.get(path.name)) for path in images]
+
+
+def rasterize_boxes(boxes: Sequence[TreeBox], shape: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """``(H, W)`` uint8 map of ``shape``: 1 inside any box (``xmax``/``ymax`` exclusive), 0 elsewhere."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    h, w = shape
+    for box in boxes:
+        mask[max(0, box.ymin) : min(h, box.ymax), max(0, box.xmin) : min(w, box.xmax)] = 1
+    return mask

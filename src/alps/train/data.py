@@ -29,6 +29,8 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
+from alps.core.splits import split_ids
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 LAYOUTS = ("auto", "alps", "mmseg", "folders", "volumes")
 CLASS_MAP_NAMES = (
@@ -84,33 +86,11 @@ class SegmentationData:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as ``(H, W, 3)`` uint8 RGB (grey is repeated; alpha dropped; 16-bit/float stretched)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-                return np.array(im.convert("RGB"))
-            array = np.array(im)
-    except (OSError, ValueError):  # e.g. multi-band or float GeoTIFF that PIL cannot open
-        import rasterio
+    """Read an image as ``(H, W, 3)`` uint8 RGB by the same rule as labelling
+    (:func:`alps.core.images.load_image`, :mod:`alps.core.rgb`), any size."""
+    from alps.core.images import load_image
 
-        with rasterio.open(path) as src:
-            array = np.moveaxis(src.read(indexes=list(range(1, min(3, src.count) + 1))), 0, -1)
-    return _to_rgb_uint8(array)
-
-
-def _to_rgb_uint8(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    array = array[..., :3]
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    data = array.astype(np.float64)
-    lo, hi = np.nanpercentile(data, 2), np.nanpercentile(data, 98)
-    scaled = (data - lo) / max(hi - lo, 1e-12)
-    return (np.clip(np.nan_to_num(scaled), 0, 1) * 255).round().astype(np.uint8)
+    return load_image(path, min_side=1).pixels
 
 
 def read_label(path: str | Path, value_lut: np.ndarray | None = None) -> np.ndarray:
@@ -221,12 +201,11 @@ def _manifest_images(root: Path, manifest: dict) -> dict[str, Path]:
 
 
 def split_holdout(samples: Sequence[Sample], val_fraction: float, seed: int = 0) -> tuple[list, list]:
-    """Deterministic train/val split of ``samples`` (at least one of each when there are two or more)."""
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = min(max(1, round(val_fraction * len(samples))), len(samples) - 1) if len(samples) > 1 else 0
-    val_idx = set(order[:n_val].tolist())
-    train = [s for i, s in enumerate(samples) if i not in val_idx]
-    val = [s for i, s in enumerate(samples) if i in val_idx]
+    """Train/val split of ``samples`` by :func:`alps.core.splits.split_ids` (the labelling rule):
+    ``val_fraction = 0`` holds nothing out; otherwise at least one of each with two or more."""
+    split = split_ids([s.id for s in samples], val_fraction, seed)
+    train = [s for s in samples if split[s.id] == "train"]
+    val = [s for s in samples if split[s.id] == "val"]
     return train, val
 
 
@@ -508,3 +487,46 @@ class EvalDataset(Dataset):
             torch.from_numpy(label.astype(np.int64)),
             self.reader.samples[index].id,
         )
+
+
+def tile_origins(length: int, tile: int) -> list[int]:
+    """Start offsets of tiles covering ``length`` (the last one shifted back to fit; one if shorter)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, tile))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def write_tiles(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    image_dir: Path,
+    label_dir: Path | None,
+    stem: str,
+    tile: int,
+    scale: float = 1.0,
+) -> list[str]:
+    """Rescale by ``scale``, cut into ``tile``-px tiles and write ``<stem>_<row>_<col>.png``; returns the ids.
+
+    Args:
+        image: ``(H, W, 3)`` uint8. label: ``(H, W)`` uint8/uint16 or ``None``.
+    """
+    if scale != 1.0:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if label is not None:
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    if label_dir is not None:
+        label_dir.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for y in tile_origins(image.shape[0], tile):
+        for x in tile_origins(image.shape[1], tile):
+            tile_id = f"{stem}_{y:05d}_{x:05d}"
+            Image.fromarray(image[y : y + tile, x : x + tile]).save(image_dir / f"{tile_id}.png")
+            if label is not None and label_dir is not None:
+                Image.fromarray(label[y : y + tile, x : x + tile]).save(label_dir / f"{tile_id}.png")
+            ids.append(tile_id)
+    return ids

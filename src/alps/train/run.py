@@ -110,6 +110,17 @@ def _checkpoint_hparams(path: Path) -> dict[str, Any]:
     return dict(hparams or {})
 
 
+#: environment variables that hold a process's rank under torchrun, Lightning's DDP launcher, SLURM, LSF
+RANK_VARIABLES = ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def is_global_zero() -> bool:
+    """True in the process of global rank 0 (or a single-process run): none of
+    :data:`RANK_VARIABLES` is set to anything but 0. Decided before the Trainer exists, so the run
+    folder's records are written once, not once per DDP process."""
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
+
+
 def _dataset_record(
     config: TrainConfig,
     data: SegmentationData,
@@ -145,7 +156,7 @@ def train(config: TrainConfig) -> RunResult:
     config, init_ckpt = _finetune_init(config)
     data, train_samples = _training_data(config)
     mean, std = _norm_stats(run_dir, resume, train_samples)
-    if _is_rank_zero():  # one writer of the run's records under DDP
+    if is_global_zero():  # every DDP process gets here; one writes the run's records
         write_text(
             run_dir / "dataset.json",
             json.dumps(_dataset_record(config, data, [s.id for s in train_samples], mean, std), indent=1),
@@ -172,11 +183,6 @@ def train(config: TrainConfig) -> RunResult:
     return RunResult(
         run_dir, run_dir / "model.ckpt", trainer.global_step, metrics_csv, curve, trainer.is_global_zero
     )
-
-
-def _is_rank_zero() -> bool:
-    """True in the process that writes run records: rank 0 of a DDP run (the launchers set RANK)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
 def _finetune_init(config: TrainConfig) -> tuple[TrainConfig, Path | None]:

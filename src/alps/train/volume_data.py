@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from alps.core.splits import split_ids
 from alps.medical.volume import (
     DEFAULT_AXIS,
     MIN_FOREGROUND,
@@ -211,10 +212,9 @@ def volume_splits(
     """Slices per split (``train``, ``val`` held out by case, ``test`` from imagesTs/labelsTs)."""
     train_cases = index_pairs(root / "imagesTr", root / "labelsTr", notes)
     val_cases: list[VolumePair] = []
-    if val_fraction > 0 and len(train_cases) > 1:
-        order = np.random.default_rng(seed).permutation(len(train_cases))
-        n_val = min(max(1, round(val_fraction * len(train_cases))), len(train_cases) - 1)
-        held = {train_cases[i].id for i in order[:n_val].tolist()}
+    split = split_ids([c.id for c in train_cases], max(val_fraction, 0.0), seed)
+    held = {case for case, name in split.items() if name == "val"}
+    if held:
         val_cases = [c for c in train_cases if c.id in held]
         train_cases = [c for c in train_cases if c.id not in held]
         notes.append(f"val split: held out case(s) {sorted(held)} (val_fraction={val_fraction})")
