@@ -52,7 +52,7 @@ def _write(path: Path, data: np.ndarray, **extra: object) -> Path:
     return path
 
 
-def test_stretch_is_per_band_excludes_nodata_and_is_shared_by_tiles(tmp_path: Path) -> None:
+def test_stretch_is_joint_excludes_nodata_and_is_shared_by_tiles(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     data = np.zeros((5, 300, 400), np.uint16)
     for b in range(5):
@@ -63,14 +63,18 @@ def test_stretch_is_per_band_excludes_nodata_and_is_shared_by_tiles(tmp_path: Pa
     assert scene.georeferenced and scene.bands == (4, 3, 2) and scene.count == 5
     stretch = estimate_stretch(path, scene.bands)
     assert stretch.low is not None and stretch.high is not None
-    for i, band in enumerate((4, 3, 2)):  # percentiles of valid pixels of that band only
-        assert 1000 * band <= stretch.low[i] < stretch.high[i] <= 1000 * band + 500
+    # one pair for the chosen bands together, from valid pixels only (nodata 0 would pull low to 0)
+    valid_values = data[[3, 2, 1], 20:, :].astype(np.float64)
+    assert (stretch.low, stretch.high) == pytest.approx(tuple(np.percentile(valid_values, (2, 98))), rel=0.01)
+    assert 2000 <= stretch.low < 2100 and 4400 < stretch.high <= 4500
     tiles = plan_tiles(300, 400, 256, 32)
     with rasterio.open(path) as src:
         rgb, valid = read_tile(src, tiles[0], stretch)
     assert rgb.shape == (256, 256, 3) and rgb.dtype == np.uint8
     assert not valid[:20].any() and valid[20:].all()
     assert (rgb[:20] == 0).all() and 60 < rgb[20:].mean() < 195
+    # joint: the brighter band 4 (shown as red) stays brighter than band 2 (blue)
+    assert rgb[20:, :, 0].mean() > rgb[20:, :, 1].mean() > rgb[20:, :, 2].mean() + 50
     with pytest.raises(ValueError, match="band"):
         open_scene(path, (6, 1, 2))
 
@@ -81,7 +85,7 @@ def test_uint8_passes_unchanged_and_single_band_is_replicated(tmp_path: Path) ->
     scene = open_scene(path)
     assert scene.bands == (1,)
     stretch = estimate_stretch(path, scene.bands)
-    assert stretch.low is None
+    assert stretch.passthrough and stretch.low is None
     with rasterio.open(path) as src:
         rgb, valid = read_tile(src, plan_tiles(64, 80, 128, 16)[0], stretch)
     assert valid.all() and (rgb == data[0][:, :, None]).all()

@@ -240,7 +240,7 @@ def test_uint16_multispectral_nodata_and_band_choice(neon: Path, tmp_path: Path)
     run = label(scene, tmp_path / "out", model=tiny_sam(), bands="3,2,1", **FAST)
     record = run.images[0]
     assert record.status == "ok" and "bands 3,2,1 of 5" in record.conversion
-    assert any("stretched per band" in note for note in record.conversion)
+    assert any("stretched, all bands together" in note for note in record.conversion)
     with rasterio.open(tmp_path / "out" / record.label) as lab:
         labels = lab.read(1)
         assert lab.crs == profile["crs"] and lab.transform == profile["transform"]

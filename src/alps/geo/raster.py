@@ -9,10 +9,10 @@ bands                      ``bands`` (1-based, e.g. ``(4, 3, 2)``) picks the thr
                            default: bands 1-3 (or the colour-interpretation red/green/blue bands when
                            they are tagged), a single band is replicated to three channels
 uint8 bands                unchanged (an 8-bit orthophoto is seen exactly as a viewer shows it)
-other dtypes (uint16,      robust stretch per band: the 2nd and 98th percentiles of the band's valid
-int, float)                pixels map to 0 and 255 (clipped). The percentiles are estimated once per
-                           scene on a decimated read of the whole scene (at most ~1 Mpx, GDAL uses
-                           overviews when present), so all tiles share them
+other dtypes (uint16,      the input rule of :mod:`alps.core.rgb`: one robust stretch for the chosen
+int, float)                bands together (2nd and 98th percentiles of their valid pixels map to 0 and
+                           255, clipped), estimated once per scene on a decimated read of the whole
+                           scene (at most ~1 Mpx, GDAL uses overviews when present): all tiles share it
 invalid pixels             nodata (per-band nodata value, internal mask or alpha band, via GDAL's
                            dataset mask) and non-finite values: shown as 0 and never labelled (255)
 =========================  ==========================================================================
@@ -182,26 +182,28 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> list[Ti
 
 @dataclass(frozen=True)
 class BandStretch:
-    """How the chosen bands become 8-bit: ``(v - low) * 255 / (high - low)``, clipped (per band).
+    """How the chosen bands become 8-bit: the input rule of :mod:`alps.core.rgb` (one joint
+    ``low``/``high`` pair for all chosen bands, estimated once per scene), applied tile by tile.
 
-    ``low``/``high`` are None for uint8 bands passed through unchanged.
+    ``low``/``high`` are None for uint8 bands passed through unchanged, and for a scene whose
+    valid values are constant (it becomes black, as a constant image does).
     """
 
     bands: tuple[int, ...]
-    low: tuple[float, ...] | None
-    high: tuple[float, ...] | None
+    low: float | None
+    high: float | None
     percentiles: tuple[float, float] = STRETCH_PERCENTILES
+    passthrough: bool = False  # uint8 bands: no stretch
 
     def apply(self, data: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
         """``(B, h, w)`` band data -> ``(h, w, 3)`` uint8 (one band is replicated)."""
-        if self.low is None or self.high is None:
+        from alps.core.rgb import apply_stretch
+
+        if self.passthrough:
             out = data.astype(np.uint8, copy=False)
         else:
-            low = np.asarray(self.low, np.float32)[:, None, None]
-            span = np.maximum(np.asarray(self.high, np.float32)[:, None, None] - low, 1e-12)
-            scaled = (data.astype(np.float32) - low) * (255.0 / span)
-            scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-            out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+            limits = (self.low, self.high) if self.low is not None and self.high is not None else None
+            out = apply_stretch(data, limits)
         if out.shape[0] == 1:
             out = np.repeat(out, 3, axis=0)
         return np.ascontiguousarray(np.moveaxis(out, 0, -1))
@@ -316,31 +318,24 @@ def estimate_stretch(
     percentiles: tuple[float, float] = STRETCH_PERCENTILES,
     sample_pixels: int = STRETCH_SAMPLE_PIXELS,
 ) -> BandStretch:
-    """Per-band percentile stretch of a scene from one decimated read (see the module docstring)."""
+    """The scene's joint percentile stretch (:mod:`alps.core.rgb`), from one decimated read of its
+    valid pixels."""
     import rasterio
     from rasterio.enums import Resampling
+
+    from alps.core.rgb import stretch_limits
 
     with rasterio.open(path) as src:
         dtypes = {src.dtypes[b - 1] for b in bands}
         if dtypes == {"uint8"}:
-            return BandStretch(tuple(bands), None, None, percentiles)
+            return BandStretch(tuple(bands), None, None, percentiles, passthrough=True)
         factor = max(1.0, math.sqrt(src.height * src.width / sample_pixels))
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
         data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
         valid = _valid(src, data, out_shape=shape)
-    lows, highs = [], []
-    for band in data.astype(np.float64):
-        values = band[valid & np.isfinite(band)]
-        if values.size == 0:
-            lows.append(0.0)
-            highs.append(1.0)
-            continue
-        lo, hi = (float(v) for v in np.percentile(values, percentiles))
-        if hi <= lo:  # peaked histogram: full range instead
-            lo, hi = float(values.min()), float(values.max())
-        lows.append(lo)
-        highs.append(hi if hi > lo else lo + 1.0)
-    return BandStretch(tuple(bands), tuple(lows), tuple(highs), percentiles)
+    limits = stretch_limits(data[:, valid], percentiles)  # all chosen bands together: the input rule
+    low, high = limits if limits is not None else (None, None)
+    return BandStretch(tuple(bands), low, high, percentiles)
 
 
 def read_tile(

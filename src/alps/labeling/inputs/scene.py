@@ -185,9 +185,9 @@ class SceneItem:
 
         plan, scene = self.plan, self.plan.scene
         notes = [f"bands {','.join(str(b) for b in scene.bands)} of {scene.count}"]
-        if plan.stretch.low is not None:
+        if not plan.stretch.passthrough:
             lo, hi = plan.stretch.percentiles
-            notes.append(f"stretched per band ({lo:g}-{hi:g}%, whole-scene sample)")
+            notes.append(f"stretched, all bands together ({lo:g}-{hi:g}%, whole-scene sample)")
         notes.append(f"tiled {plan.tile_size} px, overlap {plan.tile_overlap} px")
         tile_seconds = [sum(r.seconds.values()) for r in results if r.status == "ok"]
         return {
