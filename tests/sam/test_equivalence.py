@@ -76,6 +76,7 @@ def test_exact_mode_equals_official(
         # (test_zero_masks_with_crops pins this on a tiny model)
         assert traceback.extract_tb(err.__traceback__)[-1].name == "box_area", "official raised elsewhere"
         assert kwargs.get("crop_n_layers") and ours == [], "official failed on a non-empty result"
+        assert case == "default-crops", f"{case}: measured to crash only with default thresholds and crops"
         print(f"{case}: official generator raised on zero masks; alps exact returned []")
         return
     print(f"{case}: official {len(official)} masks, alps exact {len(ours)} masks")
