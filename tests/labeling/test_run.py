@@ -560,7 +560,9 @@ def test_e2e_litemedsam_boxes_on_neon_tiles(
     code = cli_main(["evaluate-labels", str(out), str(tmp_path / "gt"), "--json", str(tmp_path / "m.json")])
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert 0.0 < metrics["miou_hungarian"] <= 1.0 and 0.0 < metrics["coverage"] <= 1.0
+    # measured 0.3087 and 0.9644 (deterministic run; the truth is crude, so the value is modest)
+    assert metrics["miou_hungarian"] == pytest.approx(0.309, abs=0.03)
+    assert metrics["coverage"] == pytest.approx(0.964, abs=0.02)
 
 
 def test_resume_trusts_size_and_mtime_and_rehashes_changed_files(

@@ -8,7 +8,6 @@ tested in seconds; the mask source itself is tested elsewhere.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -50,45 +49,30 @@ def _write(path: Path, data: np.ndarray, profile: dict[str, Any], **changes: Any
     return path
 
 
-def _polygons_of_wkb(wkb: bytes) -> dict[str, Any]:
-    """GeoJSON geometry of a little-endian WKB polygon (what the GeoPackage holds)."""
-    order, kind, n_rings = struct.unpack_from("<BII", wkb, 0)
-    assert order == 1 and kind == 3
-    offset, rings = 9, []
-    for _ in range(n_rings):
-        (n,) = struct.unpack_from("<I", wkb, offset)
-        xy = np.frombuffer(wkb, "<f8", 2 * n, offset + 4).reshape(n, 2)
-        rings.append(xy.tolist())
-        offset += 4 + 16 * n
-    return {"type": "Polygon", "coordinates": rings}
-
-
 def _vector_features(path: Path) -> tuple[list[tuple[dict[str, Any], int]], np.ndarray, Any]:
-    """``[(geometry, cluster)]``, areas and the CRS of a GeoJSON or GeoPackage file."""
-    if path.suffix == ".geojson":
-        collection = json.loads(path.read_text())
-        feats = collection["features"]
-        crs = collection.get("crs", {}).get("properties", {}).get("name")
-        areas = np.array([f["properties"]["area"] for f in feats])
-        return [(f["geometry"], f["properties"]["cluster"]) for f in feats], areas, crs
+    """``[(geometry, cluster)]``, ``(2, n)`` areas and pixel counts and the CRS of a vector file."""
+    import shapely
     from pyogrio import read_info
     from pyogrio.raw import read
 
     info = read_info(path)
     assert info["geometry_type"] == "Polygon" and list(info["fields"]) == ["cluster", "area", "pixels"]
     meta, _, geometry, (cluster, area, pixels) = read(path)
-    assert np.array_equal(pixels, np.rint(pixels)) and (pixels > 0).all()
-    shapes = [(_polygons_of_wkb(g), int(c)) for g, c in zip(geometry, cluster, strict=True)]
-    return shapes, np.asarray(area), meta["crs"]
+    polygons = shapely.from_wkb(geometry)
+    assert shapely.is_valid(polygons).all()
+    assert np.allclose(shapely.area(polygons), area, rtol=1e-9)
+    shapes = [(shapely.geometry.mapping(g), int(c)) for g, c in zip(polygons, cluster, strict=True)]
+    return shapes, np.stack([area, pixels]), meta["crs"]
 
 
 def _check_vectors(run_out: Path, image_id: str, label_path: Path, suffix: str = ".gpkg") -> Any:
     """Rasterising the polygons reproduces the label raster up to boundary pixels; returns the CRS."""
-    shapes, areas, crs = _vector_features(run_out / "vectors" / f"{image_id}{suffix}")
+    shapes, (areas, pixels), crs = _vector_features(run_out / "vectors" / f"{image_id}{suffix}")
     with rasterio.open(label_path) as src:
         labels, transform, shape = src.read(1), src.transform, (src.height, src.width)
         pixel_area = abs(transform.determinant)
-    assert shapes and (areas > 0).all()
+    assert shapes and (areas > 0).all() and (pixels >= 1).all()
+    assert areas == pytest.approx(pixels * pixel_area, rel=1e-6)
     # areas are in CRS units: the labelled pixels times the pixel area
     assert areas.sum() == pytest.approx((labels != 255).sum() * pixel_area, rel=1e-6)
     burned = rasterize(shapes, out_shape=shape, transform=transform, fill=255, dtype="int32")
@@ -139,7 +123,7 @@ def test_large_scene_tiles_merges_and_resumes(
     bounds = sorted({t.core[1] for t in plan_tiles(800, 800, 256, 48)} - {800})
     across = np.mean([(labels[:, b - 1] == labels[:, b]).mean() for b in bounds])
     inside = np.mean([(labels[:, b - 1] == labels[:, b]).mean() for b in (100, 300, 500, 700)])
-    assert across > inside - 0.15
+    assert across > inside - 0.02  # measured 0.9725 vs 0.9834
     _check_vectors(out, "scene", out / record.label)
     before = (out / record.label).read_bytes()
     # interrupted run: drop two tile tables and the state; the rerun redoes only those tiles

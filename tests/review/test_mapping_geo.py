@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alps.geo.export import write_label_geotiff, write_label_vectors
+from alps.geo.outputs import write_label_geotiff
+from alps.geo.vectors import write_label_vectors
 from alps.labeling.paint import cluster_to_label_value
 from alps.review.mapping import apply_mapping, parse_mapping
 

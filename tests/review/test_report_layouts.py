@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from alps.geo.export import write_label_geotiff
+from alps.geo.outputs import write_label_geotiff
 from alps.labeling.cluster import ClusterModel
 from alps.labeling.paint import paint_label_map, save_label_png, save_overlay
 from alps.labeling.table import set_clusters, write_mask_table

@@ -57,7 +57,7 @@ def test_fast_mode_keeps_most_exact_masks(litemedsam: torch.nn.Module, aerial_im
         found += bool(ious) and max(ious) >= 0.8
     recall = found / len(big)
     print(f"fast mode: {len(fast)} masks, recall of {len(big)} exact masks (IoU>=0.8): {recall:.3f}")
-    assert recall >= 0.9
+    assert recall >= 0.96  # the README claims 96-99 %; measured 0.989 (89 of 90)
 
 
 def test_box_grid_layout() -> None:

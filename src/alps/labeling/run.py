@@ -176,8 +176,8 @@ def prepare(
     if generator:
         config = config.replace(generator={**config.generator, **generator})
     check_generator_kwargs(config.masks, config.generator)
-    from alps.geo.export import vector_suffixes
     from alps.geo.raster import parse_bands
+    from alps.geo.vectors import vector_suffixes
 
     vector_suffixes(config.vector_format)
     band_list = parse_bands(config.bands)
@@ -339,7 +339,7 @@ def finish_items(plan: Plan, clustering: Clustering, ctx: RunContext) -> set[Pat
         ctx.notes.extend(finisher.notes())
     plain = [i for i in ok if str(ctx.records[i].table).endswith(".parquet")]
     if plain and clustering.k:
-        from alps.geo.export import write_coco_instances
+        from alps.labeling.coco import write_coco_instances
 
         coco_path = ctx.out / "coco" / "instances.json"
         images = [{"id": i, "file_name": ctx.records[i].image, "height": ctx.records[i].height,

@@ -270,14 +270,9 @@ def label_scene(
 
     Returns paths (relative to ``out``), per-class pixel counts and the number of merged objects.
     """
-    from alps.geo.export import (
-        DecimatedPreview,
-        save_scene_overlay,
-        vector_suffixes,
-        write_label_geotiff,
-        write_label_vectors,
-    )
+    from alps.geo.outputs import DecimatedPreview, save_scene_overlay, write_label_geotiff
     from alps.geo.tiles import TileMasks, apply_links, link_scene, paint_block
+    from alps.geo.vectors import vector_suffixes, write_label_vectors
 
     links = link_scene(plan.tiles, _loader(out, scene_id, assignments, True), predict) if predict else {}
     load = _loader(out, scene_id, assignments, False)
