@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -20,8 +19,7 @@ def tree_gt(dest: Path, boxes: dict[str, Any]) -> Path:
     """GT PNGs (0 = not tree, 1 = tree) of the run's tiles that have boxes, named by tile."""
     dest.mkdir(parents=True)
     for name in ("OSBS_029.png", "SOAP_061.png"):
-        xyxy = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in boxes[name]], dtype=np.float64)
-        Image.fromarray(rasterize_boxes(xyxy, (400, 400))).save(dest / name)
+        Image.fromarray(rasterize_boxes(boxes[name], (400, 400))).save(dest / name)
     return dest
 
 
