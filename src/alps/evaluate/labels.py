@@ -31,6 +31,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
+from alps.evaluate.confusion import bincount_2d, class_scores, nanmean
 from alps.labeling.paint import label_value_to_cluster, load_label_png
 
 __all__ = [
@@ -86,8 +87,7 @@ def accumulate_confusion(
     if pc.size and pc.max() >= num_pred:
         raise ValueError(f"cluster id {int(pc.max())} >= num_pred={num_pred}")
     labelled = pc >= 0
-    flat = pc[labelled] * num_gt + gv[labelled]
-    confusion += np.bincount(flat, minlength=num_pred * num_gt).reshape(num_pred, num_gt)
+    confusion += bincount_2d(pc[labelled], gv[labelled], num_pred, num_gt)
     if unlabeled is not None:
         if unlabeled.shape != (num_gt,):
             raise ValueError(f"unlabeled has shape {unlabeled.shape}, expected {(num_gt,)}")
@@ -112,17 +112,8 @@ def _class_iou(
     mapped = assign >= 0
     np.add.at(class_conf, assign[mapped], confusion[mapped])
     tp = np.diag(class_conf).copy()
-    predicted = class_conf.sum(axis=1)
-    gt_total = confusion.sum(axis=0) + unlabeled
-    union = predicted + gt_total - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    iou = class_scores(tp, class_conf.sum(axis=1), confusion.sum(axis=0) + unlabeled).iou
     return iou, tp
-
-
-def _mean(values: npt.NDArray[np.float64]) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("nan")
 
 
 def metrics_from_confusion(
@@ -162,8 +153,8 @@ def metrics_from_confusion(
 
     correct = int(tp_major.sum())
     return {
-        "miou_hungarian": _or_none(_mean(iou_hung)),
-        "miou_majority": _or_none(_mean(iou_major)),
+        "miou_hungarian": _or_none(nanmean(iou_hung)),
+        "miou_majority": _or_none(nanmean(iou_major)),
         "pixel_accuracy": _or_none(correct / labelled) if labelled else None,
         "pixel_accuracy_all": _or_none(correct / total) if total else None,
         "coverage": _or_none(labelled / total) if total else None,
