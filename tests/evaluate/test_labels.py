@@ -174,3 +174,28 @@ def test_diagnosis_by_hand(tmp_path: Path) -> None:
     json.loads(json.dumps(metrics))
     with pytest.raises(ValueError, match="no mask table"):
         evaluate_label_dirs(tmp_path / "labels", tmp_path / "gt", tables_dir=tmp_path / "nowhere")
+
+
+def test_cli_prints_the_diagnosis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alps.cli import main as cli_main
+    from alps.labeling.paint import paint_table
+    from alps.labeling.table import read_mask_table, set_clusters, write_mask_table
+
+    gt = np.zeros((4, 6), U8)
+    gt[:, :3] = 1
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[:, :2] = True
+    tables = tmp_path / "tables"
+    write_mask_table(tables / "a.parquet", "a", [{"segmentation": mask, "area": 8, "bbox": [0, 0, 0, 0]}],
+                     np.zeros((1, 3), np.float32), (4, 6))  # fmt: skip
+    set_clusters(tables / "a.parquet", [0])
+    write_pair(
+        tmp_path / "labels", tmp_path / "gt", "a", paint_table(read_mask_table(tables / "a.parquet")), gt
+    )
+    args = ["evaluate-labels", str(tmp_path / "labels"), str(tmp_path / "gt"), "--num-classes", "2"]
+    assert cli_main([*args, "--tables", str(tables), "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "mask ceil." in printed and "66.67" in printed  # tree: 8 of 12 px, no false positives
+    assert json.loads((tmp_path / "m.json").read_text())["diagnosis"]["num_masks"] == 1
+    assert cli_main([*args, "--tables", str(tmp_path / "nowhere")]) == 2
+    assert cli_main(args) == 0 and "mask ceil." not in capsys.readouterr().out
