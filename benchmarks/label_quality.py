@@ -325,7 +325,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label-seed", type=int, default=0, help="seed of the alps label runs")
     parser.add_argument("--default-feature", default="sam+stats", choices=list(FEATURES))
-    parser.add_argument("--default-variant", default="+lloyd+restarts", choices=list(VARIANTS))
+    parser.add_argument("--default-variant", default="mini-batch", choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
