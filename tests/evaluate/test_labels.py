@@ -135,3 +135,67 @@ def test_evaluate_dirs_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_gt_classes"):
         evaluate_label_dirs(pred_dir, gt_dir, num_gt_classes=3)
     assert evaluate_label_dirs(pred_dir, gt_dir, num_gt_classes=5)["num_classes"] == 5
+
+
+def test_diagnosis_by_hand(tmp_path: Path) -> None:
+    """Mask ceiling, cluster ceiling and uncovered share from real mask tables and label PNGs."""
+    from alps.evaluate.labels import diagnose, format_diagnosis, mask_confusion
+    from alps.labeling.paint import paint_table
+    from alps.labeling.table import read_mask_table, set_clusters, write_mask_table
+
+    gt = np.zeros((4, 6), U8)
+    gt[:, :3] = 1  # class 1 on the left, class 0 on the right
+    masks = np.zeros((2, 4, 6), dtype=bool)
+    masks[0, :, 0:2] = True  # pure class 1, 8 px
+    masks[1, :, 2:5] = True  # 4 px of class 1, 8 px of class 0; column 5 is uncovered
+    records = [{"segmentation": m, "area": int(m.sum()), "bbox": [0, 0, 0, 0]} for m in masks]
+    tables = tmp_path / "tables"
+    write_mask_table(tables / "a.parquet", "a", records, np.zeros((2, 3), np.float32), (4, 6))
+    set_clusters(tables / "a.parquet", [0, 0])  # one cluster for both masks
+    painted = paint_table(read_mask_table(tables / "a.parquet"))
+    write_pair(tmp_path / "labels", tmp_path / "gt", "a", painted, gt)
+
+    conf, unl = mask_confusion(tables / "a.parquet", gt, 2)
+    np.testing.assert_array_equal(conf, [[0, 8], [8, 4]])
+    np.testing.assert_array_equal(unl, [4, 0])
+    metrics = evaluate_label_dirs(tmp_path / "labels", tmp_path / "gt", num_gt_classes=2, tables_dir=tables)
+    diag = metrics["diagnosis"]
+    assert diag == diagnose(metrics["confusion"], metrics["unlabeled"], conf, unl)
+    c0, c1 = diag["per_class"][0], diag["per_class"][1]
+    assert c1["mask_ceiling"] == pytest.approx(8 / 12)  # mask 0 alone
+    assert c1["cluster_ceiling"] == pytest.approx(12 / 20)  # the one cluster
+    assert c0["mask_ceiling"] == pytest.approx(8 / 16)  # mask 1 alone
+    assert c0["cluster_ceiling"] == pytest.approx(8 / 24)
+    assert c0["not_covered"] == pytest.approx(4 / 12) and c1["not_covered"] == 0.0
+    assert c1["iou_majority"] == pytest.approx(12 / 20) and c0["iou_majority"] == 0.0  # = the ceiling here
+    assert diag["coverage"] == pytest.approx(20 / 24) and diag["num_masks"] == 2
+    table = format_diagnosis(diag, class_names=["ground", "tree"])
+    assert "mask ceil." in table and "66.67" in table and "33.33" in table
+    json.loads(json.dumps(metrics))
+    with pytest.raises(ValueError, match="no mask table"):
+        evaluate_label_dirs(tmp_path / "labels", tmp_path / "gt", tables_dir=tmp_path / "nowhere")
+
+
+def test_cli_prints_the_diagnosis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alps.cli import main as cli_main
+    from alps.labeling.paint import paint_table
+    from alps.labeling.table import read_mask_table, set_clusters, write_mask_table
+
+    gt = np.zeros((4, 6), U8)
+    gt[:, :3] = 1
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[:, :2] = True
+    tables = tmp_path / "tables"
+    write_mask_table(tables / "a.parquet", "a", [{"segmentation": mask, "area": 8, "bbox": [0, 0, 0, 0]}],
+                     np.zeros((1, 3), np.float32), (4, 6))  # fmt: skip
+    set_clusters(tables / "a.parquet", [0])
+    write_pair(
+        tmp_path / "labels", tmp_path / "gt", "a", paint_table(read_mask_table(tables / "a.parquet")), gt
+    )
+    args = ["evaluate-labels", str(tmp_path / "labels"), str(tmp_path / "gt"), "--num-classes", "2"]
+    assert cli_main([*args, "--tables", str(tables), "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "mask ceil." in printed and "66.67" in printed  # tree: 8 of 12 px, no false positives
+    assert json.loads((tmp_path / "m.json").read_text())["diagnosis"]["num_masks"] == 1
+    assert cli_main([*args, "--tables", str(tmp_path / "nowhere")]) == 2
+    assert cli_main(args) == 0 and "mask ceil." not in capsys.readouterr().out

@@ -5,10 +5,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from alps.labeling.cluster import ClusterModel, _Reservoir, assign_clusters, fit_clusters
-from alps.labeling.table import read_mask_table, write_mask_table
+from alps.labeling.cluster import (
+    ArrayFeatures,
+    ClusterModel,
+    TableFeatures,
+    _Reservoir,
+    assign_clusters,
+    choose_k,
+    fit_clusters,
+    fit_kmeans,
+    lloyd_passes,
+)
+from alps.labeling.table import read_mask_table, table_features, write_mask_table
 
 DIM = 12
 
@@ -132,3 +143,63 @@ def test_reservoir_is_uniform() -> None:
     # uniform over 0..19999: mean 10000, sd of the mean ~ 5774 / sqrt(500) = 258
     assert abs(sample.mean() - 10000) < 1000
     assert (sample >= 10000).mean() == pytest.approx(0.5, abs=0.1)
+
+
+def _overlapping(seed: int = 3) -> ArrayFeatures:
+    """Features where mini-batch k-means stops short of a local optimum: 12 overlapping blobs, 40 images."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, DIM)) * 1.5
+    parts = []
+    for _ in range(40):
+        blob = rng.integers(0, 12, size=25)
+        parts.append((centres[blob] + rng.normal(size=(25, DIM))).astype(np.float32))
+    return ArrayFeatures(tuple(parts))
+
+
+def test_array_source_fits_exactly_like_the_tables(blobs: tuple[list[Path], dict[str, np.ndarray]]) -> None:
+    paths, _ = blobs
+    tables = TableFeatures.of(paths)
+    arrays = ArrayFeatures(tuple(table_features(read_mask_table(p)) for p in tables.paths))
+    options = {"seed": 1, "batch_size": 64, "passes": 2, "reservoir_size": 200, "progress": False}
+    a = fit_kmeans(arrays, 5, refine_passes=2, restarts=2, **options)  # type: ignore[arg-type]
+    b = fit_clusters(paths, 5, refine_passes=2, restarts=2, **options)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.centers, b.centers)
+    assert a.restart_inertia == b.restart_inertia
+
+
+def test_lloyd_passes_converge_to_full_batch_kmeans() -> None:
+    source = _overlapping()
+    data = np.concatenate(source.parts).astype(np.float64)
+    init = data[:12].astype(np.float32)
+    (ours,), (inertia,) = lloyd_passes(source, [init], 300, batch_size=97)
+    reference = KMeans(
+        12, init=init.astype(np.float64), n_init=1, algorithm="lloyd", tol=0, max_iter=300
+    ).fit(data)
+    np.testing.assert_allclose(ours, reference.cluster_centers_, atol=1e-4)
+    assert inertia == pytest.approx(reference.inertia_, rel=1e-5)
+
+
+def test_refinement_and_restarts_lower_the_inertia(tmp_path: Path) -> None:
+    source = _overlapping()
+    options = {"seed": 0, "batch_size": 64, "passes": 2, "reservoir_size": 500, "progress": False}
+    plain = fit_kmeans(source, 12, **options)  # type: ignore[arg-type]
+    refined = fit_kmeans(source, 12, refine_passes=10, **options)  # type: ignore[arg-type]
+    restarted = fit_kmeans(source, 12, refine_passes=10, restarts=4, **options)  # type: ignore[arg-type]
+    assert refined.inertia < plain.inertia * 0.99
+    assert restarted.inertia == min(restarted.restart_inertia) <= refined.inertia
+    assert restarted.restart_inertia[0] == refined.inertia  # restart 0 is the single-start fit
+    assert len(set(restarted.restart_inertia)) > 1
+    again = fit_kmeans(source, 12, refine_passes=10, restarts=4, **options)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(again.centers, restarted.centers)
+    restarted.save(tmp_path / "model.npz")
+    loaded = ClusterModel.load(tmp_path / "model.npz")
+    assert loaded.refine_passes == 10 and loaded.restarts == 4
+
+
+def test_choose_k_finds_the_number_of_blobs(tmp_path: Path) -> None:
+    write_tables(tmp_path, [40] * 10, n_blobs=4, seed=5)
+    choice = choose_k(TableFeatures.of(sorted(tmp_path.glob("*.parquet"))), [2, 3, 4, 6, 8], seed=0)
+    assert choice.k == 4 and choice.sample_size == 400
+    assert choice.as_dict()["candidates"][2]["k"] == 4
+    with pytest.raises(ValueError, match=">= 2"):
+        choose_k(TableFeatures.of(sorted(tmp_path.glob("*.parquet"))), [1, 4])

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from alps.core.rle import decode_masks, rle_of
-from alps.labeling.features import cell_weights, filter_masks, pool_mask_features
+from alps.labeling.features import (
+    FEATURE_SOURCES,
+    cell_weights,
+    filter_masks,
+    mask_features,
+    mask_statistics,
+    pool_mask_features,
+)
 from alps.sam.types import Geometry
 
 # 40x80 image -> 32x64 input (ratio 0.8), padded to 64x64, 8x8 grid: one cell = 10x10 original pixels,
@@ -126,3 +133,81 @@ def test_decode_masks_accepts_generator_records() -> None:
     records = [{"segmentation": mask}, {"segmentation": rle_of({"segmentation": mask})}]
     np.testing.assert_array_equal(decode_masks(records), np.stack([mask, mask]))
     assert decode_masks([], size=(6, 7)).shape == (0, 6, 7)
+
+
+def test_mask_statistics_by_hand() -> None:
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    image[:, 40:] = (255, 0, 0)  # right half red, left half black
+    masks = np.zeros((3, 40, 80), dtype=bool)
+    masks[0, 0:10, 0:10] = True  # black square
+    masks[1, 0:10, 40:60] = True  # red rectangle, 2:1
+    masks[2, 0:20, 40:60] = True  # red square, twice the area of mask 1
+    stats = mask_statistics(image, masks)
+    assert stats.shape == (3, 9) and stats.dtype == np.float32
+    root3, root2 = np.sqrt(3), np.sqrt(2)
+    np.testing.assert_allclose(stats[0, :3], np.array([-2.0, 0.0, 0.0]) / root3, atol=1e-3)  # L = 0
+    np.testing.assert_allclose(stats[1, 0] * root3 * 25 + 50, 53.24, atol=0.05)  # L of pure red
+    np.testing.assert_allclose(stats[:, 3:6], 0.0, atol=1e-5)  # uniform colour inside each mask
+    assert stats[2, 6] - stats[1, 6] == pytest.approx(np.log(2) / 2)
+    np.testing.assert_allclose(stats[:, 7], (1.0 - 0.6) / 0.2 / root2)  # rectangles fill their box
+    np.testing.assert_allclose(stats[:, 8], np.array([0.0, np.log(2), 0.0]) / 0.5 / root2, atol=1e-6)
+    # RLE input gives the same
+    np.testing.assert_allclose(mask_statistics(image, [rle_of(m) for m in masks]), stats)
+
+
+def test_sam_plus_stats_extends_sam_features(embedding: torch.Tensor) -> None:
+    image = np.random.default_rng(0).integers(0, 256, size=(40, 80, 3), dtype=np.uint8)
+    masks = np.zeros((2, 40, 80), dtype=bool)
+    masks[0, :20, :30] = True
+    masks[1, 20:, 30:] = True
+    sam = mask_features("sam", None, embedding, GEOMETRY, masks)
+    np.testing.assert_array_equal(sam, pool_mask_features(embedding, masks, GEOMETRY))
+    both = mask_features("sam+stats", image, embedding, GEOMETRY, masks)
+    assert both.shape == (2, 16 + 9)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-5)
+    # the SAM part keeps its direction
+    cos = (both[:, :16] * sam).sum(axis=1) / np.linalg.norm(both[:, :16], axis=1)
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs the image"):
+        mask_features("sam+stats", None, embedding, GEOMETRY, masks)
+    with pytest.raises(ValueError, match="choose from"):
+        mask_features("dino", image, embedding, GEOMETRY, masks)
+    assert "cnn:efficientnet_lite0" in FEATURE_SOURCES
+
+
+def test_cnn_features_separate_tree_crowns_from_ground() -> None:
+    """ImageNet features pooled in real tree boxes are closer to each other than to the ground around."""
+    from PIL import Image
+
+    from alps.samples.neon import sample_images, sample_tree_boxes
+    from alps.train.samples import fetch_efficientnet_lite0_weights
+    from tests.conftest import require_asset
+
+    require_asset("the EfficientNet-Lite0 weights", fetch_efficientnet_lite0_weights)
+    path = require_asset("the NEON sample images", lambda: sample_images(names=["OSBS_029.png"])[0])
+    boxes = sample_tree_boxes()["OSBS_029.png"]
+    image = np.asarray(Image.open(path).convert("RGB"))
+    height, width = image.shape[:2]
+    covered = np.zeros((height, width), dtype=bool)
+    for b in boxes:
+        covered[b.ymin : b.ymax, b.xmin : b.xmax] = True
+    trees = np.zeros((12, height, width), dtype=bool)
+    for i, b in enumerate(sorted(boxes, key=lambda b: -(b.xmax - b.xmin) * (b.ymax - b.ymin))[:12]):
+        trees[i, b.ymin : b.ymax, b.xmin : b.xmax] = True
+    ground = []
+    for y in range(0, height - 24, 24):  # 24-px squares with no box pixel
+        for x in range(0, width - 24, 24):
+            if not covered[y : y + 24, x : x + 24].any():
+                m = np.zeros((height, width), dtype=bool)
+                m[y : y + 24, x : x + 24] = True
+                ground.append(m)
+    assert len(ground) >= 4
+    feats = mask_features(
+        "cnn:efficientnet_lite0", image, None, None, np.concatenate([trees, np.stack(ground)])
+    )
+    assert feats.shape == (12 + len(ground), 152) and feats.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    t, g = feats[:12], feats[12:]
+    within = (t @ t.T)[np.triu_indices(12, 1)].mean()
+    across = (t @ g.T).mean()
+    assert within > across + 0.05

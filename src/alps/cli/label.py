@@ -84,6 +84,13 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     evaluate.add_argument("--num-classes", type=int, default=None, help="GT classes (default: inferred)")
     evaluate.add_argument("--ignore-index", type=int, default=255, help="GT value to skip (default: 255)")
+    evaluate.add_argument(
+        "--tables",
+        metavar="DIR",
+        default=None,
+        help="mask tables of the label run, for the diagnosis (mask / cluster ceilings); "
+        "default: DIR/tables when PRED_DIR is an `alps label` output DIR",
+    )
     evaluate.set_defaults(func=evaluate_labels_command)
 
 
@@ -184,19 +191,32 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def evaluate_labels_command(args: argparse.Namespace) -> int:
-    from alps.evaluate.labels import evaluate_label_dirs, format_report
+    from alps.evaluate.labels import evaluate_label_dirs, format_diagnosis, format_report
 
     pred_dir = Path(args.pred_dir)
+    tables = Path(args.tables) if args.tables else None
     if (pred_dir / "manifest.json").is_file() and (pred_dir / "labels").is_dir():
+        if tables is None and (pred_dir / "tables").is_dir():
+            tables = pred_dir / "tables"
         pred_dir = pred_dir / "labels"  # an `alps label` output directory
+    if tables is not None and not tables.is_dir():
+        print(f"alps evaluate-labels: --tables {tables} is not a directory", file=sys.stderr)
+        return 2
     try:
         metrics = evaluate_label_dirs(
-            pred_dir, Path(args.gt_dir), num_gt_classes=args.num_classes, ignore_index=args.ignore_index
+            pred_dir,
+            Path(args.gt_dir),
+            num_gt_classes=args.num_classes,
+            ignore_index=args.ignore_index,
+            tables_dir=tables,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"alps evaluate-labels: {err}", file=sys.stderr)
         return 2
     print(format_report(metrics))
+    if "diagnosis" in metrics:
+        print()
+        print(format_diagnosis(metrics["diagnosis"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -18,6 +18,20 @@ in "GT of c", i.e. as wrong for the class they cover. mIoU is the mean over clas
 labelled pixels only; ``pixel_accuracy_all`` counts unlabeled pixels as wrong
 (= ``pixel_accuracy * coverage``). ``coverage`` is the share of non-ignored GT pixels that received a
 pseudo-label. Undefined values are ``None`` so the dict serialises to strict JSON.
+
+Diagnosis (:func:`diagnose`, ``alps evaluate-labels`` when the mask tables are at hand): where is the
+quality lost, per GT class?
+
+* **mask ceiling** (masks): the IoU an oracle reaches by giving every painted mask region its own
+  best class — the best IoU of any union of masks. What the masks allow at all.
+* **cluster ceiling** (features + clustering): the best IoU of any union of *clusters* (an oracle
+  picks the clusters for the class). Mask ceiling minus cluster ceiling is lost because the
+  features put masks of different classes into the same clusters.
+* **IoU** (mapping): what the majority / Hungarian mapping of clusters to classes reaches. Cluster
+  ceiling minus IoU is lost in the mapping.
+* **not covered**: the share of the class's pixels that no mask covers (unlabeled), and overall coverage.
+
+Both ceilings are exact optima (:func:`alps.evaluate.confusion.best_union_iou`).
 """
 
 from __future__ import annotations
@@ -31,12 +45,16 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
-from alps.labeling.paint import label_value_to_cluster, load_label_png
+from alps.evaluate.confusion import best_union_iou, bincount_2d, class_scores, nanmean
+from alps.labeling.paint import label_value_to_cluster, load_label_png, paint_label_map
 
 __all__ = [
     "accumulate_confusion",
+    "diagnose",
     "evaluate_label_dirs",
+    "format_diagnosis",
     "format_report",
+    "mask_confusion",
     "metrics_from_confusion",
     "pair_label_files",
 ]
@@ -86,8 +104,7 @@ def accumulate_confusion(
     if pc.size and pc.max() >= num_pred:
         raise ValueError(f"cluster id {int(pc.max())} >= num_pred={num_pred}")
     labelled = pc >= 0
-    flat = pc[labelled] * num_gt + gv[labelled]
-    confusion += np.bincount(flat, minlength=num_pred * num_gt).reshape(num_pred, num_gt)
+    confusion += bincount_2d(pc[labelled], gv[labelled], num_pred, num_gt)
     if unlabeled is not None:
         if unlabeled.shape != (num_gt,):
             raise ValueError(f"unlabeled has shape {unlabeled.shape}, expected {(num_gt,)}")
@@ -112,17 +129,8 @@ def _class_iou(
     mapped = assign >= 0
     np.add.at(class_conf, assign[mapped], confusion[mapped])
     tp = np.diag(class_conf).copy()
-    predicted = class_conf.sum(axis=1)
-    gt_total = confusion.sum(axis=0) + unlabeled
-    union = predicted + gt_total - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    iou = class_scores(tp, class_conf.sum(axis=1), confusion.sum(axis=0) + unlabeled).iou
     return iou, tp
-
-
-def _mean(values: npt.NDArray[np.float64]) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("nan")
 
 
 def metrics_from_confusion(
@@ -162,8 +170,8 @@ def metrics_from_confusion(
 
     correct = int(tp_major.sum())
     return {
-        "miou_hungarian": _or_none(_mean(iou_hung)),
-        "miou_majority": _or_none(_mean(iou_major)),
+        "miou_hungarian": _or_none(nanmean(iou_hung)),
+        "miou_majority": _or_none(nanmean(iou_major)),
         "pixel_accuracy": _or_none(correct / labelled) if labelled else None,
         "pixel_accuracy_all": _or_none(correct / total) if total else None,
         "coverage": _or_none(labelled / total) if total else None,
@@ -218,6 +226,7 @@ def evaluate_label_dirs(
     num_clusters: int | None = None,
     pred_suffix: str = ".png",
     gt_suffix: str = ".png",
+    tables_dir: Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a directory of pseudo-label PNGs against a directory of GT label PNGs.
@@ -232,6 +241,8 @@ def evaluate_label_dirs(
         ignore_index: GT value to skip.
         num_clusters: K; inferred as the largest cluster id seen + 1 when None.
         pred_suffix, gt_suffix: file-name endings that are stripped to pair files.
+        tables_dir: the mask tables of the label run (``DIR/tables``, ``<image id>.parquet`` where the
+            image id is the label file's name); adds ``diagnosis`` (:func:`diagnose`).
         progress: show a tqdm bar.
 
     Returns:
@@ -250,9 +261,12 @@ def evaluate_label_dirs(
         )
     confusion = np.zeros((num_clusters or 0, num_gt_classes or 0), dtype=np.int64)
     unlabeled = np.zeros(num_gt_classes or 0, dtype=np.int64)
+    gts: list[tuple[str, npt.NDArray[Any]]] = []
     for key, pred_path, gt_path in tqdm(pairs, desc="evaluating", unit="image", disable=not progress):
         pred = load_label_png(pred_path)
         gt = load_label_png(gt_path)
+        if tables_dir is not None:
+            gts.append((key, gt))
         if pred.shape != gt.shape:
             raise ValueError(f"{key}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
         clusters = label_value_to_cluster(pred)
@@ -282,7 +296,134 @@ def evaluate_label_dirs(
     metrics["missing"] = missing
     metrics["confusion"] = confusion.tolist()
     metrics["unlabeled"] = unlabeled.tolist()
+    if tables_dir is not None:
+        mask_rows: list[Confusion] = []
+        mask_unlabeled = np.zeros(confusion.shape[1], dtype=np.int64)
+        for key, gt in gts:
+            table = Path(tables_dir) / f"{Path(key).name}.parquet"
+            if not table.is_file():
+                raise ValueError(
+                    f"{key}: no mask table {table} (is --tables the label run's tables/ folder?)"
+                )
+            conf, unl = mask_confusion(table, gt, confusion.shape[1], ignore_index=ignore_index)
+            mask_rows.append(conf)
+            mask_unlabeled += unl
+        masks = np.concatenate(mask_rows) if mask_rows else np.zeros((0, confusion.shape[1]), np.int64)
+        metrics["diagnosis"] = diagnose(confusion, unlabeled, masks, mask_unlabeled)
     return metrics
+
+
+def mask_confusion(
+    table: Path | str, gt: npt.ArrayLike, num_gt: int, *, ignore_index: int = 255
+) -> tuple[Confusion, Confusion]:
+    """Mask x class confusion of one image: every mask of its table painted as its own region.
+
+    Masks are painted as :func:`alps.labeling.paint.paint_label_map` paints them (largest first, so a
+    pixel belongs to the smallest mask covering it), i.e. the regions the label map is made of.
+
+    Args:
+        table: the image's mask table (:mod:`alps.labeling.table`).
+        gt: ``(H, W)`` GT class ids of the same image; ``ignore_index`` pixels are skipped.
+        num_gt: number of GT classes C.
+
+    Returns:
+        ``(N, C)`` int64 pixels of mask n with class c (N = masks in the table) and ``(C,)`` int64
+        pixels of each class no mask covers.
+    """
+    from alps.labeling.table import read_mask_table, table_rles
+
+    data = read_mask_table(table)
+    g = np.asarray(gt)
+    rles = table_rles(data)
+    n = len(rles)
+    unlabeled = np.zeros(num_gt, dtype=np.int64)
+    painted = paint_label_map(
+        g.shape[0],
+        g.shape[1],
+        rles,
+        np.arange(n),
+        areas=data.column("area").to_numpy(),
+        num_clusters=max(n, 1),
+    )
+    return accumulate_confusion(
+        painted, g, n, num_gt, ignore_index=ignore_index, unlabeled=unlabeled
+    ), unlabeled
+
+
+def diagnose(
+    confusion: npt.ArrayLike,
+    unlabeled: npt.ArrayLike,
+    mask_confusion_rows: npt.ArrayLike,
+    mask_unlabeled: npt.ArrayLike | None = None,
+) -> dict[str, Any]:
+    """Where pseudo-label quality is lost, per GT class (see the module docstring).
+
+    Args:
+        confusion: ``(K, C)`` cluster x class pixels; ``unlabeled``: ``(C,)`` unlabeled pixels per class.
+        mask_confusion_rows: ``(N, C)`` mask x class pixels of every mask of the dataset (rows of
+            :func:`mask_confusion` stacked over images).
+        mask_unlabeled: ``(C,)`` pixels no mask covers (``unlabeled`` when None).
+
+    Returns:
+        ``per_class``: ``{c: {"mask_ceiling", "cluster_ceiling", "iou_majority", "iou_hungarian",
+        "not_covered"}}`` (fractions, ``None`` where undefined), their means ``mean_*`` over classes,
+        ``coverage`` and ``num_masks``.
+    """
+    conf = np.asarray(confusion, dtype=np.int64)
+    unl = np.asarray(unlabeled, dtype=np.int64)
+    rows = np.asarray(mask_confusion_rows, dtype=np.int64)
+    mask_unl = unl if mask_unlabeled is None else np.asarray(mask_unlabeled, dtype=np.int64)
+    metrics = metrics_from_confusion(conf, unl)
+    ceilings = {"mask_ceiling": best_union_iou(rows, mask_unl), "cluster_ceiling": best_union_iou(conf, unl)}
+    gt_total = rows.sum(axis=0) + mask_unl
+    with np.errstate(divide="ignore", invalid="ignore"):
+        not_covered = np.where(gt_total > 0, mask_unl / np.maximum(gt_total, 1), np.nan)
+    per_class: dict[int, dict[str, float | None]] = {}
+    for c in range(conf.shape[1]):
+        per_class[c] = {
+            "mask_ceiling": _or_none(float(ceilings["mask_ceiling"][c])),
+            "cluster_ceiling": _or_none(float(ceilings["cluster_ceiling"][c])),
+            "iou_majority": metrics["per_class_iou"][c],
+            "iou_hungarian": metrics["per_class_iou_hungarian"][c],
+            "not_covered": _or_none(float(not_covered[c])),
+        }
+    means = {
+        f"mean_{name}": _or_none(
+            nanmean(np.array([np.nan if v[name] is None else v[name] for v in per_class.values()]))
+        )
+        for name in ("mask_ceiling", "cluster_ceiling", "iou_majority", "iou_hungarian")
+    }
+    return {"per_class": per_class, **means, "coverage": metrics["coverage"], "num_masks": int(rows.shape[0])}
+
+
+def format_diagnosis(diagnosis: dict[str, Any], *, class_names: Sequence[str] | None = None) -> str:
+    """The diagnosis as one small table: masks / features+clustering / mapping, per class."""
+    per_class = diagnosis.get("per_class") or {}
+    names = [
+        class_names[int(c)] if class_names is not None and int(c) < len(class_names) else str(c)
+        for c in per_class
+    ]
+    name_w = max(5, *(len(n) for n in names)) if names else 5
+    head = f"{'class':<{name_w}}  mask ceil.  cluster ceil.  IoU maj.  IoU Hung.  not covered"
+    lines = [
+        "Where quality is lost: masks (mask ceiling) / features+clustering (cluster ceiling) / mapping (IoU)",
+        head,
+    ]
+    for name, values in zip(names, per_class.values(), strict=True):
+        lines.append(
+            f"{name:<{name_w}}  {_pct(values['mask_ceiling']):>10}  {_pct(values['cluster_ceiling']):>13}  "
+            f"{_pct(values['iou_majority']):>8}  {_pct(values['iou_hungarian']):>9}  "
+            f"{_pct(values['not_covered']):>11}"
+        )
+    lines.append(
+        f"{'mean':<{name_w}}  {_pct(diagnosis.get('mean_mask_ceiling')):>10}  "
+        f"{_pct(diagnosis.get('mean_cluster_ceiling')):>13}  {_pct(diagnosis.get('mean_iou_majority')):>8}  "
+        f"{_pct(diagnosis.get('mean_iou_hungarian')):>9}"
+    )
+    lines.append(
+        f"({diagnosis.get('num_masks', '?')} masks, coverage {_pct(diagnosis.get('coverage')).strip()} %)"
+    )
+    return "\n".join(lines)
 
 
 def _pct(value: Any) -> str:

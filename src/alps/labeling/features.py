@@ -1,4 +1,15 @@
-"""One feature vector per mask: the SAM image embedding pooled inside the mask.
+"""One feature vector per mask, pooled inside the mask from a named feature source.
+
+Feature sources (:func:`mask_features`):
+
+* ``sam`` — the SAM image embedding pooled inside the mask (the paper's features; :func:`pool_mask_features`);
+* ``sam+stats`` — ``sam`` plus per-mask colour (CIELAB mean and spread), size and shape statistics
+  (:func:`mask_statistics`), each part scaled so that no part dominates the distances;
+* ``cnn:NAME`` — a small ImageNet CNN (``cnn:efficientnet_lite0``) run once per image, its stride-8 and
+  stride-16 feature maps pooled inside the mask exactly like the SAM embedding. Use it (or ``sam+stats``)
+  when the SAM model's embedding does not fit the domain, e.g. LiteMedSAM (a medical model) on aerial images.
+
+Pooling the SAM embedding:
 
 The encoder never runs again here: masks live in original image pixels, the embedding lives on the
 ``embed_size``² grid of the padded model input, and :class:`~alps.sam.types.Geometry` links the two.
@@ -11,6 +22,7 @@ The weight of a cell is the exact fraction of its area covered by the mask under
 
 from __future__ import annotations
 
+import functools
 import itertools
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,7 +38,17 @@ if TYPE_CHECKING:  # only annotations: table/label/evaluation code must not pay 
 
     from alps.sam.types import Geometry
 
-__all__ = ["cell_weights", "filter_masks", "pool_mask_features"]
+__all__ = [
+    "FEATURE_SOURCES",
+    "cell_weights",
+    "check_feature_source",
+    "cnn_features",
+    "combine_stats",
+    "filter_masks",
+    "mask_features",
+    "mask_statistics",
+    "pool_mask_features",
+]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -277,3 +299,189 @@ def _image_mean(cells: npt.NDArray[np.float32], geometry: Geometry) -> npt.NDArr
     full = np.ones((1, *geometry.original_size), dtype=bool)
     w = cell_weights(full, geometry).reshape(-1)
     return (w / w.sum()).astype(np.float32) @ cells
+
+
+CNN_MODELS = ("efficientnet_lite0",)
+FEATURE_SOURCES = ("sam", "sam+stats", *(f"cnn:{name}" for name in CNN_MODELS))
+STATS_DIM = 9
+
+
+def check_feature_source(kind: str) -> str:
+    """``kind`` if it names a feature source (:data:`FEATURE_SOURCES`), else a one-line ``ValueError``."""
+    if kind not in FEATURE_SOURCES:
+        raise ValueError(f"unknown feature source {kind!r}; choose from {', '.join(FEATURE_SOURCES)}")
+    return kind
+
+
+def mask_statistics(
+    image: npt.NDArray[np.uint8], masks: BoolArray | Sequence[Mapping[str, Any]]
+) -> FloatArray:
+    """Colour, size and shape of each mask, scaled so that each of the four parts weighs about the same.
+
+    Parts (values standardised with fixed, documented constants so features of different images are
+    comparable without a second pass over the data; then each part divided by ``sqrt(its length)``
+    so every part contributes about one unit of squared norm):
+
+    * colour: CIELAB mean ``((L - 50) / 25, a / 25, b / 25)``;
+    * texture: CIELAB standard deviation ``(sL / 10, sa / 10, sb / 10)``;
+    * size: ``(ln(area / image area) + 6) / 2``;
+    * shape: fill of the bounding box ``(area / box area - 0.6) / 0.2`` and elongation
+      ``ln(box width / box height) / 0.5``.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        masks: ``(N, H, W)`` bool or COCO RLE dicts / generator records of size ``(H, W)``.
+
+    Returns:
+        ``(N, 9)`` float32.
+    """
+    from skimage.color import rgb2lab
+
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    height, width = image.shape[:2]
+    lab = rgb2lab(image).reshape(-1, 3)
+    out = np.zeros((len(masks), STATS_DIM), dtype=np.float64)
+    for i in range(len(masks)):
+        if isinstance(masks, np.ndarray):
+            mask = masks[i]
+            if mask.shape != (height, width):
+                raise ValueError(f"mask {i} has shape {mask.shape}, image is {(height, width)}")
+        else:
+            mask = decode_masks(masks[i : i + 1], size=(height, width))[0]
+        flat = np.flatnonzero(mask)
+        if flat.size == 0:
+            continue
+        pixels = lab[flat]
+        ys, xs = np.divmod(flat, width)
+        box_h, box_w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        colour = (pixels.mean(axis=0) - [50.0, 0.0, 0.0]) / 25.0
+        texture = pixels.std(axis=0) / 10.0
+        size = (np.log(flat.size / (height * width)) + 6.0) / 2.0
+        fill = (flat.size / (box_h * box_w) - 0.6) / 0.2
+        elongation = np.log(box_w / box_h) / 0.5
+        out[i] = [
+            *colour / np.sqrt(3),
+            *texture / np.sqrt(3),
+            size,
+            fill / np.sqrt(2),
+            elongation / np.sqrt(2),
+        ]
+    return out.astype(np.float32)
+
+
+@functools.cache
+def _cnn(name: str) -> torch.nn.Module:
+    """The ImageNet CNN ``name`` as a timm feature extractor (stride 8 and 16 maps), eval mode, on CPU."""
+    import timm
+
+    from alps.train.models import load_matching, read_state_dict
+    from alps.train.samples import fetch_efficientnet_lite0_weights
+
+    if name != "efficientnet_lite0":
+        raise ValueError(f"unknown CNN {name!r}; choose from {', '.join(CNN_MODELS)}")
+    classifier = timm.create_model(name, pretrained=False)
+    load_matching(classifier, read_state_dict(fetch_efficientnet_lite0_weights()))
+    extractor = timm.create_model(name, pretrained=False, features_only=True, out_indices=(2, 3))
+    missing = extractor.load_state_dict(classifier.state_dict(), strict=False).missing_keys
+    if missing:
+        raise RuntimeError(f"{name}: {len(missing)} feature-extractor tensors not in the classifier weights")
+    return extractor.eval()
+
+
+def cnn_features(
+    name: str,
+    image: npt.NDArray[np.uint8],
+    masks: BoolArray | Sequence[Mapping[str, Any]],
+    *,
+    input_size: int = 512,
+    device: str = "cpu",
+) -> FloatArray:
+    """Pool the stride-8 and stride-16 feature maps of an ImageNet CNN inside each mask.
+
+    The image is resized (bilinear) so its longest side is ``input_size`` and padded bottom/right
+    to a square, as SAM does, so :func:`pool_mask_features` pools each map with a
+    :class:`~alps.sam.types.Geometry` of the map's grid. Each map's pooled vector is L2-normalised
+    and the two are concatenated and scaled by ``1/sqrt(2)`` (unit norm in total).
+
+    Args:
+        name: a CNN of :data:`CNN_MODELS`.
+        image: ``(H, W, 3)`` uint8 RGB.
+        masks: ``(N, H, W)`` bool or COCO RLE dicts / records.
+        input_size: network input side in pixels (a multiple of 16).
+
+    Returns:
+        ``(N, C)`` float32 (C = 40 + 112 for EfficientNet-Lite0).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from alps.sam.types import Geometry
+
+    if input_size % 16:
+        raise ValueError(f"input_size must be a multiple of 16, got {input_size}")
+    height, width = image.shape[:2]
+    scale = input_size / max(height, width)
+    in_h, in_w = max(1, round(height * scale)), max(1, round(width * scale))
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(in_h, in_w), mode="bilinear", align_corners=False)
+    x = F.pad((x - 127.5) / 128.0, (0, input_size - in_w, 0, input_size - in_h))
+    model = _cnn(name).to(device)
+    with torch.no_grad():
+        maps = model(x.to(device))
+    parts = []
+    for fmap in maps:
+        grid = int(fmap.shape[-1])
+        geometry = Geometry((height, width), (in_h, in_w), input_size, grid)
+        parts.append(pool_mask_features(fmap[0], masks, geometry))
+    return (np.concatenate(parts, axis=1) / np.sqrt(len(parts))).astype(np.float32)
+
+
+def mask_features(
+    kind: str,
+    image: npt.NDArray[np.uint8] | None,
+    embedding: torch.Tensor | None,
+    geometry: Geometry | None,
+    masks: BoolArray | Sequence[Mapping[str, Any]],
+    *,
+    stats_weight: float = 0.5,
+    device: str = "cpu",
+) -> FloatArray:
+    """One feature vector per mask from the feature source ``kind`` (see the module docstring).
+
+    Args:
+        kind: ``sam``, ``sam+stats`` or ``cnn:NAME`` (:data:`FEATURE_SOURCES`).
+        image: ``(H, W, 3)`` uint8 RGB, the image the masks belong to (needed except for ``sam``).
+        embedding: ``(C, E, E)`` SAM embedding (needed for ``sam`` and ``sam+stats``).
+        geometry: how the image was mapped onto the SAM encoder input (with ``embedding``).
+        masks: ``(N, H, W)`` bool or COCO RLE dicts / generator records (the kept masks).
+        stats_weight: ``sam+stats`` only: the statistics block is scaled by this after its own
+            scaling (each of its 4 parts ~1 unit of squared norm, the block ~``4 * stats_weight**2``),
+            then the whole vector is L2-normalised; the SAM part has norm 1 before that.
+        device: where the CNN runs.
+
+    Returns:
+        ``(N, D)`` float32: D = 256 (``sam``, LiteMedSAM/SAM), 256 + 9 (``sam+stats``),
+        152 (``cnn:efficientnet_lite0``).
+    """
+    check_feature_source(kind)
+    if kind.startswith("cnn:"):
+        if image is None:
+            raise ValueError(f"feature source {kind} needs the image")
+        return cnn_features(kind[4:], image, masks, device=device)
+    if embedding is None or geometry is None:
+        raise ValueError(f"feature source {kind} needs the SAM embedding and its geometry")
+    sam = pool_mask_features(embedding, masks, geometry)
+    if kind == "sam":
+        return sam
+    if image is None:
+        raise ValueError(f"feature source {kind} needs the image")
+    return combine_stats(sam, mask_statistics(image, masks), stats_weight)
+
+
+def combine_stats(sam: FloatArray, stats: FloatArray, weight: float = 0.5) -> FloatArray:
+    """``sam+stats`` from its parts: ``[sam, weight * stats]``, L2-normalised per row, ``(N, C + 9)``."""
+    joined = np.concatenate([sam, weight * stats], axis=1).astype(np.float32)
+    norms = np.linalg.norm(joined, axis=1, keepdims=True)
+    np.divide(joined, norms, out=joined, where=norms > 0)
+    return joined

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from alps.evaluate.confusion import bincount_2d, class_scores, nanmean
+
 
 def confusion_matrix(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
@@ -39,9 +41,7 @@ def confusion_matrix(
     target = target.reshape(-1).long().to(pred.device)
     keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
     keep &= (pred >= 0) & (pred < num_classes)
-    index = target[keep] * num_classes + pred[keep]
-    counts = torch.bincount(index, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+    return bincount_2d(target[keep], pred[keep], num_classes, num_classes)
 
 
 @dataclass
@@ -87,34 +87,24 @@ def scores_from_confusion(
         raise ValueError(f"confusion matrix must be square, got shape {m.shape}")
     k = m.shape[0]
     tp = np.diag(m)
-    gt = m.sum(axis=1)
-    pr = m.sum(axis=0)
     total = m.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        union = gt + pr - tp
-        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
-        f1 = np.where(gt + pr > 0, 2 * tp / np.where(gt + pr > 0, gt + pr, 1), np.nan)
-        acc = np.where(gt > 0, tp / np.where(gt > 0, gt, 1), np.nan)
+    per_class = class_scores(tp, m.sum(axis=0), m.sum(axis=1))
+    iou, f1, acc = per_class.iou, per_class.f1, per_class.recall
     keep = np.ones(k, dtype=bool)
     keep[list(exclude_from_mean)] = False
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:
         raise ValueError(f"{len(names)} class names for {k} classes")
     return SegmentationScores(
-        miou=_nanmean(iou[keep]),
+        miou=nanmean(iou[keep]),
         oa=float(tp.sum() / total) if total > 0 else math.nan,
-        mf1=_nanmean(f1[keep]),
+        mf1=nanmean(f1[keep]),
         per_class_iou=[float(v) for v in iou],
         per_class_f1=[float(v) for v in f1],
         per_class_acc=[float(v) for v in acc],
         class_names=names,
         num_pixels=int(total),
     )
-
-
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else math.nan
 
 
 def format_table(scores: SegmentationScores) -> str:
