@@ -479,6 +479,7 @@ def test_cli_kill9_resume_is_byte_identical(
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
+
     def n_done() -> int:
         return sum('"status": "ok"' in p.read_text() for p in (out / "state").glob("*.json"))
 
@@ -589,3 +590,26 @@ def test_resume_trusts_size_and_mtime_and_rehashes_changed_files(
     os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
     fourth = run_label(tmp_path / "in", tmp_path / "out", model)
     assert hashed == ["img_1.png", "img_0.png"] and all(r.resumed for r in fourth.images)
+
+
+def test_feature_source_and_clustering_options_reach_the_stages(tmp_path: Path, model: Sam) -> None:
+    write_images(tmp_path / "in", 3)
+    plain = run_label(tmp_path / "in", tmp_path / "plain", model)
+    rich = run_label(
+        tmp_path / "in",
+        tmp_path / "rich",
+        model,
+        features="sam+stats",
+        cluster_refine_passes=2,
+        cluster_restarts=3,
+    )
+    tables = {n: read_mask_table(tmp_path / n / "tables" / "img_0.parquet") for n in ("plain", "rich")}
+    dim = {name: table.schema.field("feature").type.list_size for name, table in tables.items()}
+    assert dim["rich"] == dim["plain"] + 9  # colour, spread, size and shape statistics
+    params = json.loads((tmp_path / "rich" / "params.json").read_text())
+    assert params["features"] == "sam+stats" and "features" not in json.loads(
+        (tmp_path / "plain" / "params.json").read_text()
+    )
+    clustering = manifest(tmp_path / "rich")["clustering"]
+    assert clustering.get("refine_passes") == 2 and clustering.get("restarts") == 3
+    assert plain.ok and rich.ok

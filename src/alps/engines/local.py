@@ -37,7 +37,7 @@ class LocalEngine:
     def cluster(
         self, tables: Sequence[Path], k: int, seed: int, job: MaskJob, *, progress: bool
     ) -> Clustering:
-        return cluster_tables(tables, k, seed, job.out, progress=progress)
+        return cluster_tables(tables, k, seed, job.out, progress=progress, **dict(job.cluster_options))
 
     def paint(
         self, jobs: Sequence[tuple[Item, str]], ctx: PaintContext, *, progress: bool

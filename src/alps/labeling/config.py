@@ -69,9 +69,23 @@ class LabelConfig:
     )
     min_area: int = option(0, "drop masks smaller than N pixels", group="model", metavar="N", table=True)
     device: str = option("cpu", "cpu or cuda", group="model", table=True)
+    features: str = option(
+        "sam",
+        "mask features: sam (the SAM embedding pooled in the mask, as the paper), sam+stats (plus colour, "
+        "size and shape statistics), cnn:efficientnet_lite0 (an ImageNet CNN pooled in the mask)",
+        choices=("sam", "sam+stats", "cnn:efficientnet_lite0"), group="model", table=True,
+    )  # fmt: skip
     # clustering and dataset (cheap to redo: the tables are reused)
     clusters: int = option(46, "number of pseudo-classes K", group="clustering")
     seed: int = option(0, "seed of clustering, split (and of random weights)", group="clustering")
+    cluster_refine_passes: int = option(
+        0, "full Lloyd passes streamed over the tables after the mini-batch fit",
+        group="clustering", metavar="N",
+    )  # fmt: skip
+    cluster_restarts: int = option(
+        1, "k-means initialisations fitted side by side; the lowest inertia is kept",
+        group="clustering", metavar="N",
+    )  # fmt: skip
     val_fraction: float = option(
         0.0, "fraction of images in the val split, deterministic in --seed", group="dataset", metavar="F"
     )
@@ -111,6 +125,8 @@ class LabelConfig:
     def __post_init__(self) -> None:
         if self.masks not in MASK_SOURCES:
             raise ValueError(f"masks must be one of {MASK_SOURCES}, got {self.masks!r}")
+        if self.cluster_refine_passes < 0 or self.cluster_restarts < 1:
+            raise ValueError("cluster_refine_passes must be >= 0 and cluster_restarts >= 1")
         if self.clusters < 1:
             raise ValueError(f"clusters must be >= 1, got {self.clusters}")
         if not 0.0 < self.area_threshold <= 1.0:

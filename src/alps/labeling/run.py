@@ -76,7 +76,8 @@ log = logging.getLogger("alps.labeling.run")
 FORMAT_VERSION = 1  # bump when table contents change meaning; old outputs are then refused
 MANIFEST_FIELDS = (  # config fields copied into the manifest's "parameters", in this order
     "masks", "clusters", "area_threshold", "min_area", "points_per_side", "prompt", "mode", "device", "seed",
-    "val_fraction", "tile_size", "tile_overlap", "vector_format",
+    "val_fraction", "tile_size", "tile_overlap", "vector_format", "features", "cluster_refine_passes",
+    "cluster_restarts",
 )  # fmt: skip
 
 
@@ -100,7 +101,8 @@ class RunContext:
         c = self.config
         return MaskJob(
             self.out, self.model, c.masks, c.points_per_side, c.prompt, c.mode,
-            self.parameters["generator_kwargs"], c.device, c.seed, c.area_threshold, c.min_area,
+            self.parameters["generator_kwargs"], c.device, c.seed, c.area_threshold, c.min_area, c.features,
+            (("refine_passes", c.cluster_refine_passes), ("restarts", c.cluster_restarts)),
         )  # fmt: skip
 
 
@@ -218,6 +220,8 @@ def tables_depend_on(model: ResolvedModel, p: dict[str, Any]) -> dict[str, Any]:
         "device": torch.device(p["device"]).type,  # floating point differs between device types
         "generator": dict(sorted(p["generator_kwargs"].items())),
     }
+    if p["features"] != "sam":  # absent for the paper's features, so earlier outputs stay valid
+        params["features"] = p["features"]
     if model.checkpoint_sha256 is None:  # random initialisation: the seed picks the weights
         params["seed"] = p["seed"]
     return params

@@ -49,6 +49,8 @@ class MaskJob:
     seed: int
     area_threshold: float
     min_area: int
+    features: str = "sam"  # feature source (alps.labeling.features.FEATURE_SOURCES)
+    cluster_options: tuple[tuple[str, int], ...] = ()  # phase B: refine_passes, restarts for fit_clusters
 
     def source(self, device: str | None = None) -> MaskSource:
         """Load the model and build the mask source (once per process or actor)."""
@@ -60,7 +62,7 @@ class MaskJob:
 
 def process_unit(unit: WorkUnit, source: MaskSource, job: MaskJob) -> UnitResult:
     """Phase A for one unit: masks, gate, features, mask table; never raises for a bad input."""
-    from alps.labeling.features import filter_masks, pool_mask_features
+    from alps.labeling.features import filter_masks, mask_features
     from alps.labeling.table import write_mask_table
 
     result = UnitResult(unit.id, unit.item_id)
@@ -89,7 +91,9 @@ def process_unit(unit: WorkUnit, source: MaskSource, job: MaskJob) -> UnitResult
         )
         kept = unit.own(kept)
     with timer("features"):
-        features = pool_mask_features(generated.embedding, kept, generated.geometry)
+        features = mask_features(
+            job.features, pixels.rgb, generated.embedding, generated.geometry, kept, device=job.device
+        )
     with timer("table"):
         write_mask_table(table, unit.id, kept, features, (height, width))
     result.n_masks, result.n_masks_kept = len(generated.masks), len(kept)
@@ -135,15 +139,27 @@ class Clustering:
         return sizes
 
 
-def cluster_tables(tables: Sequence[Path], k: int, seed: int, out: Path, *, progress: bool) -> Clustering:
-    """Phase B: fit streaming k-means over ``tables``, save ``out/cluster_model.npz``, assign every mask."""
+def cluster_tables(
+    tables: Sequence[Path],
+    k: int,
+    seed: int,
+    out: Path,
+    *,
+    progress: bool,
+    refine_passes: int = 0,
+    restarts: int = 1,
+) -> Clustering:
+    """Phase B: fit streaming k-means over ``tables`` (mini-batch, then ``refine_passes`` Lloyd passes,
+    best of ``restarts``), save ``out/cluster_model.npz``, assign every mask."""
     from alps.labeling.cluster import assign_clusters, fit_clusters
 
     if not tables:
         return Clustering(None, {}, [])
     with warnings.catch_warnings():  # fit_clusters' notes are reported in the summary instead
         warnings.simplefilter("ignore", RuntimeWarning)
-        model = fit_clusters(list(tables), k, seed=seed, progress=progress)
+        model = fit_clusters(
+            list(tables), k, seed=seed, progress=progress, refine_passes=refine_passes, restarts=restarts
+        )
     model.save(out / "cluster_model.npz")
     assignments = assign_clusters(list(tables), model)
     return Clustering(model, assignments, list(model.warnings))
