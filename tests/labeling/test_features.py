@@ -177,9 +177,9 @@ def test_sam_plus_stats_extends_sam_features(embedding: torch.Tensor) -> None:
 
 def test_cnn_features_separate_tree_crowns_from_ground() -> None:
     """ImageNet features pooled in real tree boxes are closer to each other than to the ground around."""
-    from alps.train.samples import fetch_efficientnet_lite0_weights
     from PIL import Image
 
+    from alps.samples.encoders import fetch_efficientnet_lite0_weights
     from alps.samples.neon import sample_images, sample_tree_boxes
     from tests.conftest import require_asset
 
