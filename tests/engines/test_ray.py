@@ -64,10 +64,14 @@ def neon_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_litemedsam_on_neon_tiles_matches_local(
     neon_folder: Path, litemedsam_checkpoint: Path, tmp_path: Path
 ) -> None:
+    """Real weights: actors with the local engine's torch thread count give its pinned outputs."""
+    import torch
+
     out = tmp_path / "out"
     alps.label(
         neon_folder, out, model="litemedsam", checkpoint=litemedsam_checkpoint, points_per_side=8,
-        clusters=6, mode="exact", val_fraction=0.34, progress=False, engine=RayEngine(workers=2),
+        clusters=6, mode="exact", val_fraction=0.34, progress=False,
+        engine=RayEngine(workers=2, threads=torch.get_num_threads()),
     )  # fmt: skip
     assert_same(out, "neon_litemedsam_exact")
     entry = engine_entry(out)

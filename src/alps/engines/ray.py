@@ -67,7 +67,10 @@ class RayEngine:
             When Ray is already initialised in this process, that connection is used.
         workers: phase-A actors (default: as many as the cluster's CPUs, or GPUs, allow).
         gpus_per_worker: GPUs per actor (fractions share a GPU); > 0 needs ``device="cuda"``.
-        cpus_per_worker: CPUs per actor and per paint task; also the torch threads of each actor.
+        cpus_per_worker: CPUs per actor and per paint task.
+        threads: torch threads of each actor (default: ``cpus_per_worker``); floating point, and so
+            the features, can differ between thread counts: the local engine run with ``N`` torch
+            threads gives the same tables as actors with ``threads=N``.
         batch_size: units per call of an actor.
         max_in_flight: batches queued per actor (bounds object-store use and a killed actor's redo).
         init_options: more keywords for ``ray.init`` (e.g. ``runtime_env``), used when this engine
@@ -84,6 +87,7 @@ class RayEngine:
         cpus_per_worker: float = 1.0,
         batch_size: int = 1,
         max_in_flight: int = 2,
+        threads: int | None = None,
         init_options: dict[str, Any] | None = None,
     ) -> None:
         for label, value in (
@@ -104,6 +108,7 @@ class RayEngine:
         self.cpus_per_worker = float(cpus_per_worker)
         self.batch_size = int(batch_size)
         self.max_in_flight = int(max_in_flight)
+        self.threads = int(threads) if threads is not None else max(1, int(self.cpus_per_worker))
         self.init_options = dict(init_options or {})
         self.timings: dict[str, float] = {}
         self.connected_to: str | None = None
@@ -165,7 +170,7 @@ class RayEngine:
         ).map_batches(
             MaskWorker,
             fn_constructor_kwargs={
-                "job": job, "device": device, "threads": max(1, int(self.cpus_per_worker)), "cwd": os.getcwd()
+                "job": job, "device": device, "threads": self.threads, "cwd": os.getcwd()
             },
             compute=ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=self.max_in_flight),
             batch_size=self.batch_size,
@@ -238,5 +243,6 @@ class RayEngine:
             "gpus_per_worker": self.gpus_per_worker,
             "batch_size": self.batch_size,
             "max_in_flight": self.max_in_flight,
+            "threads_per_worker": self.threads,
             "timings": {k: v for k, v in self.timings.items() if k != "workers"},
         }
