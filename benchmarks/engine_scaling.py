@@ -80,7 +80,10 @@ def one_run(images: Path, out: Path, engine: str, workers: int, address: str | N
     import alps
     from alps.sam.weights import fetch_weights
 
-    torch.set_num_threads(1)  # local and each Ray worker use one thread: same floating point, fair
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)  # local and each Ray worker use one thread (torch and BLAS): fair, same outputs
+    threadpool_limits(limits=1)
     arrivals: list[float] = []
     runner: Any = "local"
     start = time.perf_counter()
@@ -129,12 +132,15 @@ def one_run(images: Path, out: Path, engine: str, workers: int, address: str | N
     }
 
 
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the benchmark's own cluster, on 127.0.0.1
+
+
 def child(images: Path, engine: str, workers: int, address: str | None) -> dict[str, Any]:
     """``one_run`` in a fresh process: its RSS is this configuration's alone."""
     out = Path(tempfile.mkdtemp(prefix="alps-bench-")) / "out"
     cmd = [sys.executable, __file__, "--child", str(images), str(out), engine, str(workers), address or ""]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, env=ENV)
         if done.returncode != 0:
             raise RuntimeError(f"{engine} x{workers} failed: {done.stderr[-2000:]}")
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -153,9 +159,9 @@ def start_ray() -> tuple[subprocess.Popen[bytes], str, float]:
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
          "--include-dashboard=false", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
     )  # fmt: skip
-    while subprocess.run([ray, "status", "--address", address], capture_output=True).returncode != 0:
+    while subprocess.run([ray, "status", "--address", address], capture_output=True, env=ENV).returncode != 0:
         time.sleep(1)
     return head, address, time.perf_counter() - start
 

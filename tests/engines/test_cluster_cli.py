@@ -40,8 +40,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cluster_env() -> dict[str, str]:
+    """Environment of every process of the test cluster: alps from this checkout, no token auth."""
+    return {**_env(), "RAY_AUTH_MODE": "disabled"}
+
+
 def alive_nodes(address: str) -> int:
-    done = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, timeout=120,
+                          env=cluster_env())  # fmt: skip
     active = done.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
     return sum(1 for line in active.splitlines() if "node_" in line)
 
@@ -53,7 +59,7 @@ def two_nodes() -> Iterator[str]:
     address = f"127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="alps-ray-")  # short: Ray's socket paths must stay < 108 bytes
     common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    env = _env()  # workers import alps from this checkout
+    env = cluster_env()
     nodes = [subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
                                f"--temp-dir={temp}", *common], env=env)]  # fmt: skip
     try:
@@ -100,14 +106,16 @@ def settings(checkpoint: Path) -> list[str]:
 def local_run(
     inputs: list[str], litemedsam_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """The local engine at one torch thread, as each one-CPU Ray worker runs."""
+    """The local engine at one thread (torch and BLAS), as each one-CPU Ray worker runs."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     out = tmp_path_factory.mktemp("local") / "out"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert cli_main(["label", *inputs, "--out", str(out), *settings(litemedsam_checkpoint)]) == 0
+        with threadpool_limits(limits=1):
+            assert cli_main(["label", *inputs, "--out", str(out), *settings(litemedsam_checkpoint)]) == 0
     finally:
         torch.set_num_threads(threads)
     return out
@@ -119,7 +127,7 @@ def test_two_node_cli_run_matches_local(
     out = tmp_path / "out"
     args = ["--engine", "ray", "--address", two_nodes, "--workers", "2"]
     done = subprocess.run(_cli("label", *inputs, "--out", str(out), *settings(litemedsam_checkpoint), *args),
-                          env=_env(), capture_output=True, text=True, timeout=900)  # fmt: skip
+                          env=cluster_env(), capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert label_bytes(out) == label_bytes(local_run) and len(label_bytes(out)) == len(inputs)
     assert summarise(out) == summarise(local_run)
@@ -135,7 +143,7 @@ def test_killed_driver_resumes_without_redoing(
     out = tmp_path / "out"
     command = _cli("label", *inputs, "--out", str(out), *settings(litemedsam_checkpoint),
                    "--engine", "ray", "--address", two_nodes, "--workers", "2")  # fmt: skip
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=cluster_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         if list((out / "tables").glob("*.parquet")):
@@ -149,7 +157,7 @@ def test_killed_driver_resumes_without_redoing(
         pytest.fail(f"the driver was not killed mid-run (rc {proc.returncode}, {len(finished)} tables)")
     assert not (out / "manifest.json").exists()
 
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, env=cluster_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     todo = re.findall(r"(\d+) unit\(s\) to process", (out / "log.txt").read_text())
     assert int(todo[-1]) <= len(inputs) - len(finished)  # what was finished was not redone

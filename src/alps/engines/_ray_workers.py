@@ -33,14 +33,17 @@ class MaskWorker:
     Args:
         job: the run's :class:`MaskJob` (the model is loaded from it here, once per actor).
         device: torch device for this actor (``"cuda"`` when it holds a GPU: Ray picks which).
-        threads: torch intra-op threads (the same number gives the same floating point as local).
+        threads: threads of torch and of the native pools (BLAS, OpenMP) in this actor: the local
+            engine run with the same number of threads gives the same floating point.
         cwd: the driver's working directory.
     """
 
     def __init__(self, job: MaskJob, device: str, threads: int, cwd: str) -> None:
         import torch
+        from threadpoolctl import threadpool_limits
 
         enter_driver_dir(cwd)
+        threadpool_limits(limits=threads)  # numpy's BLAS too: Ray set OMP_NUM_THREADS to the actor's CPUs
         torch.set_num_threads(threads)
         self.job = job
         self.source = job.source(device)

@@ -68,9 +68,9 @@ class RayEngine:
         workers: phase-A actors (default: as many as the cluster's CPUs, or GPUs, allow).
         gpus_per_worker: GPUs per actor (fractions share a GPU); > 0 needs ``device="cuda"``.
         cpus_per_worker: CPUs per actor and per paint task.
-        threads: torch threads of each actor (default: ``cpus_per_worker``); floating point, and so
-            the features, can differ between thread counts: the local engine run with ``N`` torch
-            threads gives the same tables as actors with ``threads=N``.
+        threads: threads of each actor, torch's and the native pools' (BLAS, OpenMP); default
+            ``cpus_per_worker``. Floating point, and so the features, can differ between thread
+            counts: the local engine with ``N`` threads gives the same tables as ``threads=N``.
         batch_size: units per call of an actor.
         max_in_flight: batches queued per actor (bounds object-store use and a killed actor's redo).
         init_options: more keywords for ``ray.init`` (e.g. ``runtime_env``), used when this engine
