@@ -76,11 +76,10 @@ def object_store_sampler(address: str, peak: list[float], stop: threading.Event)
 def one_run(images: Path, out: Path, engine: str, workers: int, address: str | None) -> dict[str, Any]:
     """Label ``images`` once (in this process) and measure it."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     import alps
     from alps.sam.weights import fetch_weights
-
-    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)  # local and each Ray worker use one thread (torch and BLAS): fair, same outputs
     threadpool_limits(limits=1)
