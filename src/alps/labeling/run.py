@@ -31,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,9 @@ def execute(ctx: RunContext, engine: Any) -> LabelRun:
     with ctx.timer("hash inputs"):
         todo = pending_units(plan, ctx)
     with ctx.timer("masks"):
-        results = list(engine.process(todo, ctx.mask_job(), progress=ctx.config.progress))
-    record_results(plan, results, ctx)
+        record_as_finished(
+            plan, engine.process(todo, ctx.mask_job(), progress=ctx.config.progress), todo, ctx
+        )
     tables = [
         t for e in plan.entries if ctx.records[e.id].status == "ok" for t in plan.items[e.id].tables(ctx.out)
     ]
@@ -257,37 +259,55 @@ def pending_units(plan: Plan, ctx: RunContext) -> list[WorkUnit]:
             continue
         write_json(state_path, {"id": entry.id, "status": "partial", "params_hash": ctx.params_hash,
                                 "settings": item.settings(), **print_.fields()})  # fmt: skip
-        todo.extend(u for u in units if not item.unit_done(ctx.out, u))
+        left = [u for u in units if not item.unit_done(ctx.out, u)]
+        todo.extend(left or units)  # every table there but the item never recorded: redo it to describe it
     log.info("%d entries, %d unit(s) to process", len(plan.entries), len(todo))
     return todo
 
 
-def record_results(plan: Plan, results: list[UnitResult], ctx: RunContext) -> None:
-    """Fold phase A's unit results into the item records and write each item's state file."""
-    by_item: dict[str, list[UnitResult]] = {}
+def record_as_finished(
+    plan: Plan, results: Iterable[UnitResult], todo: Sequence[WorkUnit], ctx: RunContext
+) -> None:
+    """Fold phase A's results in as they arrive: an item's state is written once its last unit is
+    back, so a run killed mid-way (a driver of the Ray engine too) resumes without redoing it."""
+    expected = Counter(u.item_id for u in todo)
+    waiting: dict[str, list[UnitResult]] = {}
     for result in results:
-        by_item.setdefault(result.item_id, []).append(result)
-    for item_id, item_results in by_item.items():
-        record, item = ctx.records[item_id], plan.items[item_id]
-        state_path = ctx.out / "state" / f"{item_id}.json"
-        state = load_state(state_path) or {}
-        failed = [r for r in item_results if r.status == "failed"]
-        if failed:
-            record.status, record.error = "failed", failed[0].error
-            log.warning("skipped %s", failed[0].error)
-            write_json(state_path, {**state, "status": "failed", "error": record.error})
-            continue
-        for key, value in item.describe(item_results, ctx.out).items():
-            setattr(record, key, value)
-        record.status = "ok"
-        fields = {key: getattr(record, key) for key in STATE_FIELDS}
-        write_json(state_path, {**state, "source": record.source, "status": "ok", **fields,
-                                **({"tiles": record.tiles} if record.tiles is not None else {})})  # fmt: skip
-        log.info("%s: %d masks, %d kept", item_id, record.n_masks, record.n_masks_kept)
+        got = waiting.setdefault(result.item_id, [])
+        got.append(result)
+        if len(got) == expected[result.item_id]:
+            record_item(plan, result.item_id, waiting.pop(result.item_id), ctx)
+    for item_id, got in waiting.items():
+        record_item(plan, item_id, got, ctx)
+    remove_stale_tables(plan, ctx)
+
+
+def record_item(plan: Plan, item_id: str, item_results: list[UnitResult], ctx: RunContext) -> None:
+    """One item's record and state file from all of its units' results."""
+    record, item = ctx.records[item_id], plan.items[item_id]
+    state_path = ctx.out / "state" / f"{item_id}.json"
+    state = load_state(state_path) or {}
+    failed = [r for r in item_results if r.status == "failed"]
+    if failed:
+        record.status, record.error = "failed", failed[0].error
+        log.warning("skipped %s", failed[0].error)
+        write_json(state_path, {**state, "status": "failed", "error": record.error})
+        return
+    for key, value in item.describe(item_results, ctx.out).items():
+        setattr(record, key, value)
+    record.status = "ok"
+    fields = {key: getattr(record, key) for key in STATE_FIELDS}
+    write_json(state_path, {**state, "source": record.source, "status": "ok", **fields,
+                            **({"tiles": record.tiles} if record.tiles is not None else {})})  # fmt: skip
+    log.info("%s: %d masks, %d kept", item_id, record.n_masks, record.n_masks_kept)
+
+
+def remove_stale_tables(plan: Plan, ctx: RunContext) -> None:
+    """Tables of inputs no longer given or failed, and state files of inputs no longer given."""
     ok = [e.id for e in plan.entries if ctx.records[e.id].status == "ok"]
     keep = {t for i in ok for t in plan.items[i].tables(ctx.out)}
     keep |= {t.with_suffix(".empty") for t in keep} | set((ctx.out / "tables").rglob("*.empty"))
-    remove_stale_files(ctx.out / "tables", keep)  # tables of inputs no longer given, or failed
+    remove_stale_files(ctx.out / "tables", keep)
     remove_stale_files(ctx.out / "state", {ctx.out / "state" / f"{e.id}.json" for e in plan.entries})
 
 
