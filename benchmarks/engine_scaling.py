@@ -135,14 +135,16 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the benchmark's own cluster
 
 
 def child(images: Path, engine: str, workers: int, address: str | None) -> dict[str, Any]:
-    """``one_run`` in a fresh process: its RSS is this configuration's alone."""
+    """``one_run`` in a fresh process: its RSS is this configuration's alone (also logged to stderr)."""
     out = Path(tempfile.mkdtemp(prefix="alps-bench-")) / "out"
     cmd = [sys.executable, __file__, "--child", str(images), str(out), engine, str(workers), address or ""]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, env=ENV)
         if done.returncode != 0:
             raise RuntimeError(f"{engine} x{workers} failed: {done.stderr[-2000:]}")
-        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(result), file=sys.stderr, flush=True)  # a long run keeps what it measured
+        return result
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
 

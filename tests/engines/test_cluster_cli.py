@@ -97,6 +97,18 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return sorted(str(p) for p in folder.iterdir())
 
 
+def recorded(out: Path) -> dict[str, int]:
+    """Items whose state says ok (recorded as finished), with their state file's mtime."""
+    done = {}
+    for path in (out / "state").glob("*.json"):
+        try:
+            if json.loads(path.read_text()).get("status") == "ok":
+                done[path.stem] = path.stat().st_mtime_ns
+        except (OSError, ValueError):  # being replaced right now
+            continue
+    return done
+
+
 def settings(checkpoint: Path) -> list[str]:
     return ["--checkpoint", str(checkpoint), "--masks", "slic", "--points-per-side", "6", "--clusters", "4",
             "--no-progress"]  # fmt: skip
@@ -139,27 +151,28 @@ def test_two_node_cli_run_matches_local(
 def test_killed_driver_resumes_without_redoing(
     two_nodes: str, inputs: list[str], litemedsam_checkpoint: Path, local_run: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL the driver once some tables exist; the same command again redoes none of them."""
+    """SIGKILL the driver once some items are recorded; the same command again redoes none of them."""
     out = tmp_path / "out"
     command = _cli("label", *inputs, "--out", str(out), *settings(litemedsam_checkpoint),
                    "--engine", "ray", "--address", two_nodes, "--workers", "2")  # fmt: skip
     proc = subprocess.Popen(command, env=cluster_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        if list((out / "tables").glob("*.parquet")):
-            break
+    while proc.poll() is None and time.monotonic() < deadline and not recorded(out):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     time.sleep(5)  # the cluster notices the dead driver and stops its actors
-    finished = {p.name: p.stat().st_mtime_ns for p in (out / "tables").glob("*.parquet")}
+    finished = recorded(out)
     if proc.returncode != -signal.SIGKILL or not 0 < len(finished) < len(inputs):
-        pytest.fail(f"the driver was not killed mid-run (rc {proc.returncode}, {len(finished)} tables)")
+        pytest.fail(f"the driver was not killed mid-run (rc {proc.returncode}, {len(finished)} recorded)")
     assert not (out / "manifest.json").exists()
 
     done = subprocess.run(command, env=cluster_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     todo = re.findall(r"(\d+) unit\(s\) to process", (out / "log.txt").read_text())
     assert int(todo[-1]) <= len(inputs) - len(finished)  # what was finished was not redone
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {r["id"] for r in manifest["images"] if r["resumed"]} >= set(finished)
+    assert recorded(out) | finished == recorded(out)  # their state untouched
     assert label_bytes(out) == label_bytes(local_run)
     assert summarise(out) == summarise(local_run)
