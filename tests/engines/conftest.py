@@ -13,7 +13,7 @@ def ray_session() -> Iterator[Any]:
     """A real local Ray instance with 2 CPUs, started once; shut down at the end of the session."""
     ray = pytest.importorskip("ray") if not _ci() else __import__("ray")  # CI installs it (test extra)
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
