@@ -34,6 +34,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--engine", choices=("local", "ray"), default="local", help="where the stages run (default: local)"
     )
+    add_engine_flags(parser)
     add_flags(parser, LabelConfig, groups=GROUPS)
     parser.set_defaults(func=label_command)
 
@@ -94,6 +95,32 @@ def register(subparsers: Any) -> None:
     evaluate.set_defaults(func=evaluate_labels_command)
 
 
+ENGINE_FLAGS = ("address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size")
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """Options of ``--engine ray`` (where the work runs, never what it computes: not in LabelConfig)."""
+    group = parser.add_argument_group("ray engine (with --engine ray; outputs do not depend on these)")
+    group.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: Ray's)")
+    group.add_argument("--workers", type=int, help="phase-A actors (default: as many as the cluster holds)")
+    group.add_argument("--gpus-per-worker", type=float, help="GPUs per actor (needs --device cuda)")
+    group.add_argument("--cpus-per-worker", type=float, help="CPUs (and torch threads) per actor (default 1)")
+    group.add_argument("--batch-size", type=int, help="work units per actor call (default 1)")
+
+
+def make_engine(args: argparse.Namespace) -> Any:
+    """``"local"``, or a :class:`alps.engines.ray.RayEngine` from the engine flags given."""
+    options = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name, None) is not None}
+    if args.engine == "local":
+        if options:
+            flags = ", ".join("--" + name.replace("_", "-") for name in options)
+            raise ValueError(f"{flags} only apply with --engine ray")
+        return "local"
+    from alps.engines import get_engine
+
+    return get_engine("ray", **options)
+
+
 def _setup_logging() -> None:
     """Warnings to the terminal; the run's full INFO log goes to DIR/log.txt (see alps.labeling.run)."""
     root = logging.getLogger()
@@ -152,7 +179,12 @@ def label_command(args: argparse.Namespace) -> int:
     if not args.inputs or not args.out:
         print("alps label: give INPUT... and --out DIR (or --print-config)", file=sys.stderr)
         return 2
-    return _run_label(args.inputs, args.out, config, engine=args.engine)
+    try:
+        engine = make_engine(args)
+    except (ImportError, ValueError) as err:
+        print(f"alps label: {err}", file=sys.stderr)
+        return 2
+    return _run_label(args.inputs, args.out, config, engine=engine)
 
 
 def demo_command(args: argparse.Namespace) -> int:
