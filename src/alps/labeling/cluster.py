@@ -47,6 +47,7 @@ from alps.labeling.table import (
     atomic_path,
     iter_feature_batches,
     read_mask_table,
+    rebatch,
     set_clusters,
     table_feature_dim,
     table_features,
@@ -265,23 +266,6 @@ class FeatureSource(Protocol):
         ...
 
 
-def _rebatch(blocks: Iterable[npt.NDArray[np.float32]], batch_size: int) -> Iterator[npt.NDArray[np.float32]]:
-    """Concatenate blocks and cut them into ``batch_size``-row batches (the last may be shorter)."""
-    pending: list[npt.NDArray[np.float32]] = []
-    held = 0
-    for block in blocks:
-        while block.shape[0]:
-            take = min(batch_size - held, block.shape[0])
-            pending.append(block[:take])
-            held += take
-            block = block[take:]
-            if held == batch_size:
-                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
-                pending, held = [], 0
-    if held:
-        yield np.concatenate(pending)
-
-
 def _shuffle_chunks(
     chunks: Iterable[npt.NDArray[np.float32]], batch_size: int, rng: np.random.Generator
 ) -> Iterator[npt.NDArray[np.float32]]:
@@ -338,11 +322,11 @@ class ArrayFeatures:
         return sum(int(p.shape[0]) for p in self.parts)
 
     def batches(self, batch_size: int) -> Iterator[npt.NDArray[np.float32]]:
-        return _rebatch((np.asarray(p, dtype=np.float32) for p in self.parts), batch_size)
+        return rebatch((np.asarray(p, dtype=np.float32) for p in self.parts), batch_size)
 
     def shuffled(self, batch_size: int, rng: np.random.Generator) -> Iterator[npt.NDArray[np.float32]]:
         order = rng.permutation(len(self.parts))
-        chunks = _rebatch(
+        chunks = rebatch(
             (np.asarray(self.parts[i], dtype=np.float32) for i in order),
             batch_size * self.shuffle_chunk_batches,
         )

@@ -25,7 +25,7 @@ run never leaves a half-written table and a resumed run can trust every ``*.parq
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "iter_feature_batches",
     "mask_table_schema",
     "read_mask_table",
+    "rebatch",
     "set_clusters",
     "table_feature_dim",
     "table_features",
@@ -217,8 +218,11 @@ def iter_feature_batches(paths: Sequence[Path], batch_size: int) -> Iterator[npt
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    pending: list[npt.NDArray[np.float32]] = []
-    held = 0
+    return rebatch(_feature_blocks(paths, batch_size), batch_size)
+
+
+def _feature_blocks(paths: Sequence[Path], batch_size: int) -> Iterator[npt.NDArray[np.float32]]:
+    """The tables' features as Parquet record batches, one dimension for all tables."""
     dim: int | None = None
     for path in paths:
         parquet = pq.ParquetFile(path)
@@ -228,15 +232,22 @@ def iter_feature_batches(paths: Sequence[Path], batch_size: int) -> Iterator[npt
         elif file_dim != dim:
             raise ValueError(f"{path}: feature dimension {file_dim}, earlier tables have {dim}")
         for record_batch in parquet.iter_batches(batch_size=batch_size, columns=["feature"]):
-            block = _feature_matrix(record_batch.column(0), dim)
-            while block.shape[0]:
-                take = min(batch_size - held, block.shape[0])
-                pending.append(block[:take])
-                held += take
-                block = block[take:]
-                if held == batch_size:
-                    yield pending[0] if len(pending) == 1 else np.concatenate(pending)
-                    pending, held = [], 0
+            yield _feature_matrix(record_batch.column(0), dim)
+
+
+def rebatch(blocks: Iterable[npt.NDArray[np.float32]], batch_size: int) -> Iterator[npt.NDArray[np.float32]]:
+    """Concatenate blocks and cut them into ``batch_size``-row batches (the last may be shorter)."""
+    pending: list[npt.NDArray[np.float32]] = []
+    held = 0
+    for block in blocks:
+        while block.shape[0]:
+            take = min(batch_size - held, block.shape[0])
+            pending.append(block[:take])
+            held += take
+            block = block[take:]
+            if held == batch_size:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, held = [], 0
     if held:
         yield np.concatenate(pending)
 

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from alps.core.files import atomic_path, file_mode, link_or_copy, write_json, write_text
+from alps.core.files import atomic_path, file_mode, link_or_copy, remove_stale_files, write_json, write_text
 from alps.evaluate.labels import accumulate_confusion, pair_label_files
 from alps.labeling.paint import (
     cluster_to_label_value,
@@ -384,7 +384,7 @@ def apply_mapping(
             write_text(target / "splits" / split.name, split.read_text(encoding="utf-8"))
             produced.add(target / "splits" / split.name)
     for folder in (*_OWN_DIRS, "splits"):
-        _remove_stale(target / folder, produced)
+        remove_stale_files(target / folder, produced)
     _write_mapped_manifest(src, target, manifest, mapping, c2c, records, volumes, result)
     result.seconds = round(time.perf_counter() - start, 3)
     return result
@@ -547,16 +547,6 @@ def _map_coco(
     data["info"] = {"description": "alps-seg pseudo-labels, clusters mapped to named classes (alps map)"}
     write_json(out / "coco" / "instances.json", data, indent=None)
     produced.add(out / "coco" / "instances.json")
-
-
-def _remove_stale(folder: Path, keep: set[Path]) -> None:
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file() and path not in keep:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
 
 
 def _write_mapped_manifest(
