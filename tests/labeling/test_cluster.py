@@ -212,7 +212,9 @@ def test_cluster_tables_auto_chooses_k_then_fits_it_as_an_explicit_k(tmp_path: P
     tables = sorted(tmp_path.glob("*.parquet"))
     auto = cluster_tables(tables, "auto", 0, tmp_path, progress=False, candidates=(2, 3, 4, 6, 8))
     assert auto.choice is not None and auto.choice["k"] == 4 and auto.k == 4
-    assert [row["k"] for row in auto.choice["candidates"]] == [2, 3, 4, 6, 8]
+    assert [row["k"] for row in auto.choice["candidates"]] == [2, 3, 4, 6, 8] and auto.notes == []
+    edge = cluster_tables(tables, "auto", 0, tmp_path, progress=False, candidates=(2, 3, 4))
+    assert edge.k == 4 and "largest candidate" in edge.notes[0]  # the range may be too small
     explicit = cluster_tables(tables, 4, 0, tmp_path, progress=False)
     assert explicit.choice is None
     assert np.array_equal(auto.model.centers, explicit.model.centers)

@@ -124,9 +124,9 @@ def label(
         config: a :class:`~alps.labeling.config.LabelConfig` (default: all defaults); every field
             is documented there and is also an ``alps label`` flag and a ``--config`` YAML key.
         engine: ``"local"`` (this process), ``"ray"`` (a Ray cluster) or an engine object.
-        **overrides: ``LabelConfig`` fields on top of ``config`` (``clusters=8``, ...); ``model``
-            may also be a ready ``Sam`` module (its weights are hashed for the resume check). Any
-            other keyword is a ``SamAutomaticMaskGenerator`` setting (``pred_iou_thresh``,
+        **overrides: ``LabelConfig`` fields on top of ``config`` (``clusters=8``, ``clusters="auto"``,
+            ...); ``model`` may also be a ready ``Sam`` module (its weights are hashed for the resume
+            check). Any other keyword is a ``SamAutomaticMaskGenerator`` setting (``pred_iou_thresh``,
             ``crop_n_layers``, ...; SLIC: ``n_segments``, ``compactness``, ``sigma``).
 
     Returns:

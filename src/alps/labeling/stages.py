@@ -191,7 +191,8 @@ def choose_clusters(
 
     Returns:
         The chosen K, ``KChoice.as_dict()`` (None when there are too few masks to choose: then the
-        smallest candidate, which the fit reduces to the number of masks) and notes for the summary.
+        smallest candidate, which the fit reduces to the number of masks) and notes for the summary
+        (also when the largest candidate wins: the range may be too small).
     """
     from alps.labeling.cluster import choose_k
 
@@ -206,4 +207,9 @@ def choose_clusters(
         mark = "  <- chosen" if row["k"] == choice.k else ""
         log.info("  K %4d  inertia %14.2f  silhouette %.4f%s", row["k"], row["inertia"], row["silhouette"],
                  mark)  # fmt: skip
-    return choice.k, choice.as_dict(), []
+    notes = []
+    if len(choice.candidates) > 1 and choice.k == choice.candidates[-1]:
+        notes.append(f"clusters auto: K = {choice.k} is the largest candidate tried and the silhouette may "
+                     "rise further; consider larger --cluster-candidates")  # fmt: skip
+        log.info(notes[-1])
+    return choice.k, choice.as_dict(), notes
