@@ -109,6 +109,30 @@ def test_scene_volume_images_and_a_bad_file_match_local(medical_cases: dict, tmp
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["counts"]["failed"] == 1
 
 
+def test_clusters_auto_matches_local(neon_folder: Path, litemedsam_checkpoint: Path, tmp_path: Path) -> None:
+    """``clusters="auto"``: phase B (choice of K, then the fit) runs on the driver as locally.
+
+    The Ray run resumes a copy of the local run's tables (phase A is covered above), so this stays cheap.
+    """
+    import shutil
+
+    settings = {"checkpoint": litemedsam_checkpoint, "masks": "slic", "points_per_side": 8,
+                "clusters": "auto", "progress": False}  # fmt: skip
+    label(neon_folder, tmp_path / "local", **settings)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    for name in ("labels", "overlays"):  # what phases B and C write is made anew
+        shutil.rmtree(tmp_path / "ray" / name)
+    for name in ("cluster_model.npz", "manifest.json"):
+        (tmp_path / "ray" / name).unlink()
+    run = label(neon_folder, tmp_path / "ray", **settings, engine=RayEngine(workers=2))
+    assert all(r.resumed for r in run.images) and engine_entry(tmp_path / "ray")["name"] == "ray"
+    assert label_bytes(tmp_path / "ray") == label_bytes(tmp_path / "local")
+    assert summarise(tmp_path / "ray") == summarise(tmp_path / "local")
+    choices = [json.loads((tmp_path / n / "manifest.json").read_text())["cluster_choice"]
+               for n in ("local", "ray")]  # fmt: skip
+    assert choices[0] == choices[1] and choices[0]["k"] == run.clusters
+
+
 # ------------------------------------------------------------------------------------ faults, inputs
 
 

@@ -203,3 +203,22 @@ def test_choose_k_finds_the_number_of_blobs(tmp_path: Path) -> None:
     assert choice.as_dict()["candidates"][2]["k"] == 4
     with pytest.raises(ValueError, match=">= 2"):
         choose_k(TableFeatures.of(sorted(tmp_path.glob("*.parquet"))), [1, 4])
+
+
+def test_cluster_tables_auto_chooses_k_then_fits_it_as_an_explicit_k(tmp_path: Path) -> None:
+    from alps.labeling.stages import cluster_tables
+
+    write_tables(tmp_path, [40] * 10, n_blobs=4, seed=5)
+    tables = sorted(tmp_path.glob("*.parquet"))
+    auto = cluster_tables(tables, "auto", 0, tmp_path, progress=False, candidates=(2, 3, 4, 6, 8))
+    assert auto.choice is not None and auto.choice["k"] == 4 and auto.k == 4
+    assert [row["k"] for row in auto.choice["candidates"]] == [2, 3, 4, 6, 8] and auto.notes == []
+    edge = cluster_tables(tables, "auto", 0, tmp_path, progress=False, candidates=(2, 3, 4))
+    assert edge.k == 4 and "largest candidate" in edge.notes[0]  # the range may be too small
+    explicit = cluster_tables(tables, 4, 0, tmp_path, progress=False)
+    assert explicit.choice is None
+    assert np.array_equal(auto.model.centers, explicit.model.centers)
+    assert all(np.array_equal(auto.assignments[i], explicit.assignments[i]) for i in explicit.assignments)
+    # fewer masks than the smallest candidate: no choice is possible, the smallest K is fitted
+    few = cluster_tables(tables[:1], "auto", 0, tmp_path, progress=False, candidates=(40, 64))
+    assert few.choice is None and few.k == 40 and "too few" in few.notes[0]

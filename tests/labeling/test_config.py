@@ -86,3 +86,38 @@ def test_overrides_split_into_fields_and_generator_settings() -> None:
     # the fields the tables depend on are exactly those that change what SAM produces
     assert {"model", "checkpoint", "points_per_side", "generator", "area_threshold"} <= set(table_fields())
     assert not {"clusters", "seed", "val_fraction", "vector_format", "progress"} & set(table_fields())
+
+
+def test_clusters_auto_from_flags_yaml_and_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["label", "--clusters", "auto", "--cluster-candidates", "32 8,16", "--print-config"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    values = yaml.safe_load(printed)
+    assert values["clusters"] == "auto" and values["cluster_candidates"] == [8, 16, 32]
+    (tmp_path / "run.yaml").write_text(printed)
+    assert cli_main(["label", "--config", str(tmp_path / "run.yaml"), "--print-config"]) == 0
+    assert capsys.readouterr().out == printed
+    api = LabelConfig(clusters="auto", cluster_candidates=(16, 8, 32, 8))
+    assert LabelConfig(**read_config_file(tmp_path / "run.yaml")) == api
+    (tmp_path / "hand.yaml").write_text("clusters: auto\ncluster_candidates: 8, 16, 32\n")
+    assert LabelConfig(**read_config_file(tmp_path / "hand.yaml")) == api
+    assert LabelConfig(clusters="12").clusters == 12 and LabelConfig().cluster_candidates[0] == 8
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--clusters", "foo"], "clusters must be a whole number >= 1 or 'auto', got 'foo'"),
+        (["--clusters", "0"], "clusters must be a whole number >= 1 or 'auto', got '0'"),
+        (["--clusters", "2.5"], "clusters must be a whole number >= 1 or 'auto'"),
+        (["--clusters", "auto", "--cluster-candidates", "1,8"], "cluster_candidates must be whole numbers"),
+        (["--cluster-candidates", "8,x"], "cluster_candidates must be whole numbers >= 2"),
+    ],
+)
+def test_bad_cluster_values_are_one_line_errors(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["label", "x", "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alps label: ") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # refused before any work

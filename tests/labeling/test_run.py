@@ -566,6 +566,37 @@ def test_e2e_litemedsam_boxes_on_neon_tiles(
     assert metrics["coverage"] == pytest.approx(0.964, abs=0.02)
 
 
+@pytest.mark.slow
+def test_clusters_auto_on_neon_tiles_records_its_choice_and_resumes_identically(
+    tmp_path: Path, neon_tiles: list[Path], litemedsam_checkpoint: Path
+) -> None:
+    """``--clusters auto`` on real tiles (SLIC masks, LiteMedSAM features) after an explicit-K run."""
+    from alps.labeling.cluster import ClusterModel
+    from alps.labeling.config import DEFAULT_CANDIDATES
+
+    out = tmp_path / "out"
+    args = ["label", *map(str, neon_tiles), "--out", str(out), "--checkpoint", str(litemedsam_checkpoint),
+            "--masks", "slic", "--points-per-side", "8", "--no-progress"]  # fmt: skip
+    assert cli_main([*args, "--clusters", "4"]) == 0
+    assert cli_main([*args, "--clusters", "auto"]) == 0
+    m = manifest(out)
+    assert all(r["resumed"] for r in m["images"])  # choosing K reuses the mask tables
+    choice = m["cluster_choice"]
+    rows = choice["candidates"]
+    assert {row["k"] for row in rows} <= set(DEFAULT_CANDIDATES) and len(rows) >= 5
+    best = max(rows, key=lambda row: (round(row["silhouette"], 4), row["k"]))  # the documented rule
+    assert choice["k"] == best["k"] and choice["sample_size"] == m["counts"]["masks_kept"]
+    model = ClusterModel.load(out / "cluster_model.npz")
+    assert choice["k"] == model.k == model.k_effective == m["num_classes"] == m["clustering"]["k"]
+    assert m["parameters"]["clusters"] == "auto"
+    values = np.unique(np.concatenate([load_label_png(out / r["label"]).ravel() for r in m["images"]]))
+    assert set(values.tolist()) <= set(range(choice["k"])) | {IGNORE_INDEX} and values.size > 2
+    assert "<- chosen" in (out / "log.txt").read_text()
+    labels = label_bytes(out)
+    assert cli_main([*args, "--clusters", "auto"]) == 0  # resumed: same seed, same K, same labels
+    assert label_bytes(out) == labels and manifest(out)["cluster_choice"] == choice
+
+
 def test_resume_trusts_size_and_mtime_and_rehashes_changed_files(
     tmp_path: Path, model: Sam, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -66,6 +66,9 @@ def add_flags(
 ) -> None:
     """Add one flag per field of ``cls`` (fields with ``cli=False`` metadata and ``skip`` excluded).
 
+    A field's flag text is converted by its scalar annotation, or by the ``flag_type`` metadata
+    (e.g. ``str`` for a field such as ``int | str`` that the dataclass itself parses and checks).
+
     Fields with a ``group`` go to an argument group titled by it (``groups`` gives its description).
     Defaults are ``argparse.SUPPRESS``: the namespace holds only the flags actually given, so that
     :func:`merge` can layer them over a config file. Dict fields take ``KEY=VALUE`` (repeatable;
@@ -89,7 +92,7 @@ def _add_flag(target: Any, cls: type, f: dataclasses.Field[Any]) -> None:
     factory: Any = f.default_factory
     default = f.default if f.default is not dataclasses.MISSING else factory()
     help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")
-    kind = _scalar(field_type(cls, f.name))
+    kind = f.metadata.get("flag_type") or _scalar(field_type(cls, f.name))
     common: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
     if kind is bool:
         target.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)

@@ -28,7 +28,7 @@ class Engine(Protocol):
         ...
 
     def cluster(
-        self, tables: Sequence[Any], k: int, seed: int, job: MaskJob, *, progress: bool
+        self, tables: Sequence[Any], k: int | str, seed: int, job: MaskJob, *, progress: bool
     ) -> Clustering:
         """Phase B: the cluster model over all tables, and every mask's cluster."""
         ...

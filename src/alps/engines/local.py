@@ -35,7 +35,7 @@ class LocalEngine:
             yield result
 
     def cluster(
-        self, tables: Sequence[Path], k: int, seed: int, job: MaskJob, *, progress: bool
+        self, tables: Sequence[Path], k: int | str, seed: int, job: MaskJob, *, progress: bool
     ) -> Clustering:
         return cluster_tables(tables, k, seed, job.out, progress=progress, **dict(job.cluster_options))
 

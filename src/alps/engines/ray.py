@@ -194,7 +194,7 @@ class RayEngine:
             self.timings["workers"] = size
 
     def cluster(
-        self, tables: Sequence[Path], k: int, seed: int, job: MaskJob, *, progress: bool
+        self, tables: Sequence[Path], k: int | str, seed: int, job: MaskJob, *, progress: bool
     ) -> Clustering:
         start = time.perf_counter()
         clustering = cluster_tables(tables, k, seed, job.out, progress=progress, **dict(job.cluster_options))

@@ -10,12 +10,18 @@ means re-running SAM), the others only touch clustering, painting and the layout
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from alps.core.config import option
 
 MASK_SOURCES = ("sam", "slic")
+AUTO = "auto"  # clusters="auto": K chosen by alps.labeling.cluster.choose_k
+# tried by clusters="auto": about geometric steps from 8 (the demo) over 16 (medical) and 46 (the paper)
+# to 92, where the trees' cluster ceiling was still rising; 7 full-batch fits on a 5000-mask sample
+DEFAULT_CANDIDATES = (8, 16, 24, 32, 46, 64, 92)
 MODEL_CHOICES = ("litemedsam", "vit_t", "vit_b", "vit_l", "vit_h")
 VECTOR_FORMATS = ("gpkg", "geojson", "both")
 
@@ -76,7 +82,16 @@ class LabelConfig:
         choices=("sam", "sam+stats", "cnn:efficientnet_lite0"), group="model", table=True,
     )  # fmt: skip
     # clustering and dataset (cheap to redo: the tables are reused)
-    clusters: int = option(46, "number of pseudo-classes K", group="clustering")
+    clusters: int | str = option(
+        46,
+        "number of pseudo-classes K, or 'auto': the candidate with the largest silhouette on a sample of "
+        "the mask features (see --cluster-candidates; the choice is recorded in the manifest)",
+        group="clustering", metavar="K|auto", flag_type=str,
+    )  # fmt: skip
+    cluster_candidates: tuple[int, ...] = option(
+        DEFAULT_CANDIDATES, "K values tried by --clusters auto, comma- or space-separated, each >= 2",
+        group="clustering", metavar="K,K,...", flag_type=str,
+    )  # fmt: skip
     seed: int = option(0, "seed of clustering, split (and of random weights)", group="clustering")
     cluster_refine_passes: int = option(
         0, "full Lloyd passes streamed over the tables after the mini-batch fit",
@@ -127,8 +142,8 @@ class LabelConfig:
             raise ValueError(f"masks must be one of {MASK_SOURCES}, got {self.masks!r}")
         if self.cluster_refine_passes < 0 or self.cluster_restarts < 1:
             raise ValueError("cluster_refine_passes must be >= 0 and cluster_restarts >= 1")
-        if self.clusters < 1:
-            raise ValueError(f"clusters must be >= 1, got {self.clusters}")
+        object.__setattr__(self, "clusters", parse_clusters(self.clusters))  # "8" (a flag) -> 8
+        object.__setattr__(self, "cluster_candidates", parse_candidates(self.cluster_candidates))
         if not 0.0 < self.area_threshold <= 1.0:
             raise ValueError(f"area_threshold must be in (0, 1], got {self.area_threshold}")
         if not 0.0 <= self.val_fraction <= 1.0:
@@ -146,6 +161,46 @@ class LabelConfig:
 
     def replace(self, **changes: Any) -> LabelConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _whole(value: Any) -> int:
+    """``value`` as an int if it is a whole number (int, numpy integer, or digits); else ValueError."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"not a whole number: {value!r}")
+
+
+def parse_clusters(value: Any) -> int | str:
+    """``clusters`` as a flag, YAML or API value gives it: a whole number >= 1, or ``"auto"``."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        k = _whole(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise ValueError(f"clusters must be a whole number >= 1 or 'auto', got {value!r}")
+    return k
+
+
+def parse_candidates(value: Any) -> tuple[int, ...]:
+    """``cluster_candidates`` from ``"8,16,32"``, ``"8 16 32"`` or a sequence: sorted unique ints >= 2."""
+    if isinstance(value, str):
+        items: Any = [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    else:
+        items = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        ks = sorted({_whole(v) for v in items})
+    except ValueError:
+        ks = []
+    if not ks or ks[0] < 2:
+        raise ValueError(
+            f"cluster_candidates must be whole numbers >= 2 (a silhouette needs two clusters), e.g. "
+            f"8,16,32; got {value!r}"
+        )
+    return tuple(ks)
 
 
 def table_fields() -> list[str]:

@@ -6,7 +6,7 @@ of :mod:`alps.engines`)::
     plan      inputs -> items (images, scenes, volume slices) -> work units      labeling.inputs
     resume    units whose tables exist for these parameters and bytes are skipped   labeling.resume
     phase A   per unit: masks (+ embedding) -> gate -> features -> mask table   stages.process_unit
-    phase B   all tables -> streaming k-means -> cluster model -> cluster per mask  stages.cluster_tables
+    phase B   all tables -> (K if auto) -> streaming k-means -> cluster per mask   stages.cluster_tables
     phase C   per item: label map / raster, overlay, vectors                     Item.paint
     finish    volumes re-assembled, COCO, splits, stale files removed, manifest  labeling.dataset
 
@@ -77,7 +77,7 @@ FORMAT_VERSION = 1  # bump when table contents change meaning; old outputs are t
 MANIFEST_FIELDS = (  # config fields copied into the manifest's "parameters", in this order
     "masks", "clusters", "area_threshold", "min_area", "points_per_side", "prompt", "mode", "device", "seed",
     "val_fraction", "tile_size", "tile_overlap", "vector_format", "features", "cluster_refine_passes",
-    "cluster_restarts",
+    "cluster_restarts", "cluster_candidates",
 )  # fmt: skip
 
 
@@ -102,7 +102,8 @@ class RunContext:
         return MaskJob(
             self.out, self.model, c.masks, c.points_per_side, c.prompt, c.mode,
             self.parameters["generator_kwargs"], c.device, c.seed, c.area_threshold, c.min_area, c.features,
-            (("refine_passes", c.cluster_refine_passes), ("restarts", c.cluster_restarts)),
+            (("refine_passes", c.cluster_refine_passes), ("restarts", c.cluster_restarts),
+             ("candidates", c.cluster_candidates)),
         )  # fmt: skip
 
 
@@ -123,9 +124,9 @@ def label(
         config: a :class:`~alps.labeling.config.LabelConfig` (default: all defaults); every field
             is documented there and is also an ``alps label`` flag and a ``--config`` YAML key.
         engine: ``"local"`` (this process), ``"ray"`` (a Ray cluster) or an engine object.
-        **overrides: ``LabelConfig`` fields on top of ``config`` (``clusters=8``, ...); ``model``
-            may also be a ready ``Sam`` module (its weights are hashed for the resume check). Any
-            other keyword is a ``SamAutomaticMaskGenerator`` setting (``pred_iou_thresh``,
+        **overrides: ``LabelConfig`` fields on top of ``config`` (``clusters=8``, ``clusters="auto"``,
+            ...); ``model`` may also be a ready ``Sam`` module (its weights are hashed for the resume
+            check). Any other keyword is a ``SamAutomaticMaskGenerator`` setting (``pred_iou_thresh``,
             ``crop_n_layers``, ...; SLIC: ``n_segments``, ``compactness``, ``sigma``).
 
     Returns:
@@ -377,8 +378,9 @@ def write_run(
         warnings=ctx.notes, volumes=volumes,
     )  # fmt: skip
     cluster_meta = clustering.model.metadata() if clustering.model is not None else {}
+    choice = {"cluster_choice": clustering.choice} if clustering.choice is not None else {}
     write_manifest(run, ctx.model, ctx.parameters, ctx.table_params, ctx.params_hash, cluster_meta,
-                   split_lists, {"engine": engine.describe()})  # fmt: skip
+                   split_lists, {"engine": engine.describe(), **choice})  # fmt: skip
     log.info(
         "done: %d labelled, %d failed, %d clusters, %.1f s", len(ok_ids), len(failed), k, run.timings["total"]
     )

@@ -5,8 +5,9 @@ pass) → **gate** (:func:`alps.labeling.features.filter_masks`) → **features*
 embedding (:func:`alps.labeling.features.pool_mask_features`) → one **mask table** (Parquet,
 atomic; :func:`alps.labeling.table.write_mask_table`).
 
-Phase B, over all tables (:func:`cluster_tables`): streaming mini-batch k-means
-(:func:`alps.labeling.cluster.fit_clusters`), the model saved, every mask assigned.
+Phase B, over all tables (:func:`cluster_tables`): K chosen when ``clusters="auto"``
+(:func:`choose_clusters`), streaming mini-batch k-means (:func:`alps.labeling.cluster.fit_kmeans`),
+the model saved, every mask assigned.
 
 Phase C, per item: painting (:meth:`alps.labeling.inputs.base.Item.paint`). Every argument of these
 functions is picklable, so the Ray engine ships the same functions to its workers.
@@ -26,6 +27,7 @@ import numpy.typing as npt
 
 from alps.core.images import ImageReadError
 from alps.core.timing import StageTimer
+from alps.labeling.config import DEFAULT_CANDIDATES
 from alps.labeling.inputs.base import MaskSource, UnitResult, WorkUnit
 from alps.labeling.sources import ResolvedModel, build_source
 
@@ -50,7 +52,8 @@ class MaskJob:
     area_threshold: float
     min_area: int
     features: str = "sam"  # feature source (alps.labeling.features.FEATURE_SOURCES)
-    cluster_options: tuple[tuple[str, int], ...] = ()  # phase B: refine_passes, restarts for fit_clusters
+    # phase B's keywords of cluster_tables: refine_passes, restarts, candidates (for k="auto")
+    cluster_options: tuple[tuple[str, Any], ...] = ()
 
     def source(self, device: str | None = None) -> MaskSource:
         """Load the model and build the mask source (once per process or actor)."""
@@ -126,6 +129,7 @@ class Clustering:
     model: Any  # alps.labeling.cluster.ClusterModel | None
     assignments: dict[str, npt.NDArray[np.int32]]  # table image id -> cluster per row
     notes: list[str]
+    choice: dict[str, Any] | None = None  # clusters="auto": KChoice.as_dict() (the manifest's cluster_choice)
 
     @property
     def k(self) -> int:
@@ -141,25 +145,71 @@ class Clustering:
 
 def cluster_tables(
     tables: Sequence[Path],
-    k: int,
+    k: int | str,
     seed: int,
     out: Path,
     *,
     progress: bool,
     refine_passes: int = 0,
     restarts: int = 1,
+    candidates: Sequence[int] = DEFAULT_CANDIDATES,
 ) -> Clustering:
     """Phase B: fit streaming k-means over ``tables`` (mini-batch, then ``refine_passes`` Lloyd passes,
-    best of ``restarts``), save ``out/cluster_model.npz``, assign every mask."""
-    from alps.labeling.cluster import assign_clusters, fit_clusters
+    best of ``restarts``), save ``out/cluster_model.npz``, assign every mask.
+
+    ``k="auto"``: K is first chosen among ``candidates`` by :func:`choose_clusters` on the same
+    feature stream, then fitted exactly as an explicit K (same seed, so the same K and labels).
+    """
+    from alps.labeling.cluster import TableFeatures, assign_clusters, fit_kmeans
 
     if not tables:
         return Clustering(None, {}, [])
-    with warnings.catch_warnings():  # fit_clusters' notes are reported in the summary instead
+    source = TableFeatures.of(tables)
+    choice: dict[str, Any] | None = None
+    notes: list[str] = []
+    if k == "auto":
+        k, choice, notes = choose_clusters(source, candidates, seed)
+    if not isinstance(k, int):
+        raise ValueError(f"k must be a whole number >= 1 or 'auto', got {k!r}")
+    with warnings.catch_warnings():  # fit_kmeans' notes are reported in the summary instead
         warnings.simplefilter("ignore", RuntimeWarning)
-        model = fit_clusters(
-            list(tables), k, seed=seed, progress=progress, refine_passes=refine_passes, restarts=restarts
+        model = fit_kmeans(
+            source, k, seed=seed, progress=progress, refine_passes=refine_passes, restarts=restarts
         )
     model.save(out / "cluster_model.npz")
     assignments = assign_clusters(list(tables), model)
-    return Clustering(model, assignments, list(model.warnings))
+    return Clustering(model, assignments, notes + list(model.warnings), choice)
+
+
+def choose_clusters(
+    source: Any, candidates: Sequence[int], seed: int
+) -> tuple[int, dict[str, Any] | None, list[str]]:
+    """K for ``clusters="auto"``: :func:`alps.labeling.cluster.choose_k` over ``candidates``.
+
+    Costs one streaming read (a uniform sample of 5000 features) and one full-batch k-means plus a
+    silhouette per candidate. The table (K, inertia, silhouette) is logged at INFO.
+
+    Returns:
+        The chosen K, ``KChoice.as_dict()`` (None when there are too few masks to choose: then the
+        smallest candidate, which the fit reduces to the number of masks) and notes for the summary
+        (also when the largest candidate wins: the range may be too small).
+    """
+    from alps.labeling.cluster import choose_k
+
+    n_masks = source.count()
+    if n_masks <= min(candidates):
+        note = f"clusters auto: only {n_masks} masks, too few to choose; K = {min(candidates)}"
+        log.warning(note)
+        return min(candidates), None, [note]
+    choice = choose_k(source, candidates, seed=seed)
+    log.info("clusters auto: %s, sample of %d masks", choice.rule, choice.sample_size)
+    for row in choice.as_dict()["candidates"]:
+        mark = "  <- chosen" if row["k"] == choice.k else ""
+        log.info("  K %4d  inertia %14.2f  silhouette %.4f%s", row["k"], row["inertia"], row["silhouette"],
+                 mark)  # fmt: skip
+    notes = []
+    if len(choice.candidates) > 1 and choice.k == choice.candidates[-1]:
+        notes.append(f"clusters auto: K = {choice.k} is the largest candidate tried and the silhouette may "
+                     "rise further; consider larger --cluster-candidates")  # fmt: skip
+        log.info(notes[-1])
+    return choice.k, choice.as_dict(), notes
