@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from alps.sam.decoder import ImageContext, decode_tokens, upscale_masks, upscale_masks_gemm
+from alps.sam.decoder import (
+    ImageContext,
+    SamResize,
+    decode_tokens,
+    upscale_logits_like_sam,
+    upscale_masks,
+    upscale_masks_gemm,
+)
 
 
 def _decoded(sam: torch.nn.Module, n_prompts: int) -> tuple[ImageContext, object]:
@@ -41,7 +49,8 @@ def test_gemm_upscaling_equals_the_decoder_modules(sam_real_decoder: torch.nn.Mo
 
 
 def test_upscale_masks_is_the_decoder_modules_bitwise(sam_real_decoder: torch.nn.Module) -> None:
-    """Exact mode's upscaling (activations in place) gives the very bits of SAM's output_upscaling."""
+    """Exact mode's upscaling (activations in place) gives the very bits of SAM's output_upscaling and
+    hypernetwork product."""
     decoder = sam_real_decoder.mask_decoder
     ctx, out = _decoded(sam_real_decoder, 2)
     prompt_idx, mask_idx = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 3, 1, 2])
@@ -54,6 +63,41 @@ def test_upscale_masks_is_the_decoder_modules_bitwise(sam_real_decoder: torch.nn
         hyper = torch.stack(
             [decoder.output_hypernetworks_mlps[int(m)](t) for t, m in zip(tokens, mask_idx, strict=True)]
         )
-    ref = torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)[prompt_idx]).view(-1, 256, 256)
+    # one (outputs, c') @ (c', pixels) product per prompt, as SAM's decoder multiplies its outputs
+    ref = torch.bmm(hyper.view(2, 2, -1), upscaled.flatten(2)).view(-1, 256, 256)
     assert got.abs().max() > 1.0
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize(
+    ("low", "model_size", "input_size", "out_size"),
+    [
+        ((256, 256), 1024, (1024, 1024), (512, 512)),  # ViT-B, square crop: scale 2 down
+        ((256, 256), 1024, (1024, 922), (400, 360)),  # non-square: padding cropped, scale 2.56
+        ((256, 256), 256, (256, 256), (400, 400)),  # LiteMedSAM: 256 px model, upscaled to the tile
+    ],
+)
+def test_sam_resize_decides_every_threshold_like_sam(
+    sam_real_decoder: torch.nn.Module,
+    low: tuple[int, int],
+    model_size: int,
+    input_size: tuple[int, int],
+    out_size: tuple[int, int],
+) -> None:
+    """Exact mode's resize: the same bits as Sam.postprocess_masks at the pixels it recomputes, the
+    same answer to ``logits > t`` for the mask and stability thresholds everywhere."""
+    ctx, out = _decoded(sam_real_decoder, 4)
+    prompt_idx, mask_idx = torch.arange(4).repeat_interleave(3), torch.tensor([1, 2, 3]).repeat(4)
+    low_res = upscale_masks(sam_real_decoder.mask_decoder, ctx, out, prompt_idx, mask_idx)  # type: ignore[arg-type]
+    if low != tuple(low_res.shape[-2:]):
+        low_res = torch.nn.functional.interpolate(low_res[:, None], low, mode="bilinear")[:, 0]
+    ref = upscale_logits_like_sam(low_res, model_size, input_size, out_size)
+    resize = SamResize.build(low, model_size, input_size, out_size)
+    got = resize.logits(low_res, 0.0, 1.0)
+    assert got.shape == ref.shape
+    for t in (-1.0, 0.0, 1.0):
+        assert torch.equal(got > t, ref > t), t
+        assert 0 < int((ref > t).sum()) < ref.numel()  # real decisions, not a constant mask
+    k, y, x = (torch.randint(0, n, (5000,), generator=torch.Generator().manual_seed(1)) for n in ref.shape)
+    assert torch.equal(resize.exact_at(low_res, k, y, x), ref[k, y, x])
+    assert float((resize.approx(low_res) - ref).abs().max()) < 1e-5 * float(low_res.abs().max())

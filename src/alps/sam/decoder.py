@@ -271,9 +271,23 @@ def upscale_masks(
     src = out.keys[prompts].transpose(1, 2).reshape(len(prompts), -1, h, w)
     upscaled = _upscaling(decoder, src)  # (P, c', 4h, 4w)
     hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c')
-    flat = upscaled.flatten(2)[inverse]  # (K, c', 16hw)
-    logits = torch.bmm(hyper.unsqueeze(1), flat).squeeze(1)
-    return logits.reshape(len(prompt_idx), *upscaled.shape[-2:])
+    return _per_prompt_products(hyper, inverse, upscaled.flatten(2)).view(-1, *upscaled.shape[-2:])
+
+
+def _per_prompt_products(hyper: Tensor, inverse: Tensor, features: Tensor) -> Tensor:
+    """``hyper[k] @ features[inverse[k]]`` for every k: (K, c') and (P, c', L) -> (K, L).
+
+    One ``(M, c') @ (c', L)`` product per prompt over its M vectors, as SAM's decoder does for its four
+    outputs (each logit is one length-c' dot product, so the batching changes no bits); the (K, c', L)
+    gather of the features a per-pair product would need is never built.
+    """
+    counts = torch.bincount(inverse, minlength=len(features))
+    if bool((counts == counts[0]).all()):  # the usual case: the same outputs for every prompt
+        order = torch.argsort(inverse, stable=True)
+        per_prompt = hyper[order].view(len(features), -1, hyper.shape[-1])  # (P, M, c')
+        logits = torch.bmm(per_prompt, features).view(-1, features.shape[-1])
+        return logits[torch.argsort(order)]
+    return torch.stack([hyper[k] @ features[inverse[k]] for k in range(len(hyper))])
 
 
 def _gemm_upscaling(
@@ -334,14 +348,7 @@ def upscale_masks_gemm(
     x = _activate_(act2, torch.addmm(b2, x, w2)).view(p, -1, c2)  # (P, N*16, c2), sub-pixel order
     # hypernetwork vector of each requested (prompt, mask output) pair, then one product per prompt
     hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c2)
-    counts = torch.bincount(inverse, minlength=p)
-    if bool((counts == counts[0]).all()):  # the usual case: the same outputs for every prompt
-        order = torch.argsort(inverse, stable=True)
-        per_prompt = hyper[order].view(p, -1, c2)  # (P, M, c2)
-        logits = torch.bmm(per_prompt, x.transpose(1, 2)).view(-1, x.shape[1])
-        logits = logits[torch.argsort(order)]
-    else:
-        logits = torch.stack([x[inverse[k]] @ hyper[k] for k in range(len(hyper))])
+    logits = _per_prompt_products(hyper, inverse, x.transpose(1, 2))
     grid = logits.view(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
     return grid.reshape(-1, 4 * h, 4 * w)
 
@@ -353,3 +360,98 @@ def upscale_logits_like_sam(
     x = F.interpolate(low_res[:, None], (model_size, model_size), mode="bilinear", align_corners=False)
     x = x[..., : input_size[0], : input_size[1]]
     return F.interpolate(x, out_size, mode="bilinear", align_corners=False)[:, 0]
+
+
+# ---------------------------------------------------------------------- exact post-processing resize
+def _linear_taps(n_in: int, n_out: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """PyTorch's bilinear taps along one axis (``align_corners=False``, no antialias), computed with its
+    float32 arithmetic: source indices ``i0``, ``i1`` (n_out,) int64 and weights ``w0``, ``w1`` (n_out,)."""
+    dst = torch.arange(n_out, dtype=torch.float32)
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    src = _fma(scale, dst + 0.5, torch.tensor(-0.5)).clamp(min=0.0)  # contracted like the kernel
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    w1 = (src - i0.float()).clamp(0.0, 1.0)
+    return i0, i1, 1.0 - w1, w1
+
+
+def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """float32 ``a * b + c`` with one rounding, as PyTorch's compiled CPU kernel contracts it (the
+    product is exact in float64; the float64 sum rounds once more only in ties, ~2^-29 of cases)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+@dataclass(frozen=True)
+class SamResize:
+    """:func:`upscale_logits_like_sam` for one geometry as two matrix products, made exact at thresholds.
+
+    ``Sam.postprocess_masks`` resizes (K, h, w) low-res logits bilinearly to the model size, crops the
+    valid ``input_size`` part and resizes that to ``out_size``. Both resizes are linear and separable, so
+    the result is ``A_h @ x @ A_w^T`` with composite (out, h) / (out, w) weight matrices (built in float64).
+    That differs from PyTorch's two-pass kernel only by float32 rounding (< ~1e-6 of the largest input
+    magnitude); values within ``margin`` of a threshold are recomputed with the kernel's own arithmetic
+    (:meth:`exact_at`), so every comparison ``logits > t`` for the given thresholds gives the very bits of
+    the official path.
+    """
+
+    rows: Tensor  # (out_h, h) float32 composite weights
+    cols_t: Tensor  # (w, out_w) float32 composite weights, transposed
+    # per axis: (first-stage taps i0, i1, w0, w1 over the model size, second-stage taps over the crop)
+    taps_h: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]
+    taps_w: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]
+
+    @classmethod
+    def build(
+        cls, low_res: tuple[int, int], model_size: int, input_size: tuple[int, int], out_size: tuple[int, int]
+    ) -> SamResize:
+        mats, taps = [], []
+        for n_low, n_in, n_out in zip(low_res, input_size, out_size, strict=True):
+            first, second = _linear_taps(n_low, model_size), _linear_taps(n_in, n_out)
+            taps.append((first, second))
+            m1 = _tap_matrix(first, n_low)[:n_in]  # (n_in, n_low)
+            mats.append((_tap_matrix(second, n_in) @ m1).float())  # (n_out, n_low)
+        return cls(mats[0], mats[1].T.contiguous(), taps[0], taps[1])
+
+    def approx(self, low_res: Tensor) -> Tensor:
+        """(K, h, w) -> (K, out_h, out_w) float32 logits, within rounding of the official ones."""
+        return torch.matmul(self.rows, low_res @ self.cols_t)
+
+    def exact_at(self, low_res: Tensor, k: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        """The official logits at pixels ``(y, x)`` of masks ``k`` (all (P,) int64), bit for bit."""
+        (r0, r1, a0, a1), (s0, s1, e0, e1) = self.taps_h
+        (c0, c1, b0, b1), (t0, t1, f0, f1) = self.taps_w
+
+        def first(row: Tensor, col: Tensor) -> Tensor:  # model-size pixel (row, col), first resize
+            def along_w(r: Tensor) -> Tensor:
+                return _fma(low_res[k, r, c0[col]], b0[col], low_res[k, r, c1[col]] * b1[col])
+
+            return _fma(along_w(r0[row]), a0[row], along_w(r1[row]) * a1[row])
+
+        def along_w2(row: Tensor) -> Tensor:
+            return _fma(first(row, t0[x]), f0[x], first(row, t1[x]) * f1[x])
+
+        return _fma(along_w2(s0[y]), e0[y], along_w2(s1[y]) * e1[y])
+
+    def logits(self, low_res: Tensor, threshold: float, offset: float, margin: float = 1e-5) -> Tensor:
+        """:meth:`approx`, with every value within ``margin * max|low_res|`` of ``threshold`` or
+        ``threshold +- offset`` (the mask and stability cut-offs) recomputed exactly."""
+        out = self.approx(low_res)
+        tol = low_res.flatten(1).abs().amax(1)[:, None, None] * margin
+        d = (out - threshold).abs_()
+        near = d <= tol
+        if offset != 0.0:
+            near |= d.sub_(abs(offset)).abs_() <= tol
+        k, y, x = torch.nonzero(near, as_tuple=True)
+        if len(k):
+            out[k, y, x] = self.exact_at(low_res, k, y, x)
+        return out
+
+
+def _tap_matrix(taps: tuple[Tensor, ...], n_in: int) -> Tensor:
+    """(n_out, n_in) float64 matrix of a bilinear resize along one axis."""
+    i0, i1, w0, w1 = taps
+    m = torch.zeros(len(i0), n_in, dtype=torch.float64)
+    rows = torch.arange(len(i0))
+    m.index_put_((rows, i0), w0.double(), accumulate=True)
+    m.index_put_((rows, i1), w1.double(), accumulate=True)
+    return m

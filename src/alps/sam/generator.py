@@ -31,6 +31,7 @@ output per box, as SAM does for box prompts). ``prompt=None`` picks the model's 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -56,8 +57,8 @@ from alps.core.rgb import check_size, to_rgb_uint8
 from alps.sam.decoder import (
     DecoderOutput,
     ImageContext,
+    SamResize,
     decode_tokens,
-    upscale_logits_like_sam,
     upscale_masks,
     upscale_masks_gemm,
 )
@@ -210,6 +211,7 @@ class MaskGenerator:
         if decoder_workers is not None and decoder_workers < 1:
             raise ValueError(f"decoder_workers must be >= 1, not {decoder_workers}")
         self.decoder_workers = decoder_workers
+        self.prompts_decoded = 0  # prompts run through the decoder by the last generate call
         self.model_size = int(model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.model_size)
 
@@ -227,6 +229,7 @@ class MaskGenerator:
         """Masks plus the whole-image embedding and its geometry (for feature pooling)."""
         image = to_rgb_uint8(image)
         check_size(image.shape, self.max_pixels)
+        self.prompts_decoded = 0
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         parts = []
@@ -285,7 +288,6 @@ class MaskGenerator:
         geometry = Geometry(crop_size, input_size, self.model_size, int(embedding.shape[-1]))
         ctx = ImageContext.build(self.model.prompt_encoder, self.model.mask_decoder, embedding)
         prompts = self._prompts(layer, crop_size)
-        cands = _Candidates()
         batch = self.points_per_batch
         if self.device.type == "cpu":
             batch = min(batch, CPU_DECODER_BATCH)
@@ -298,9 +300,11 @@ class MaskGenerator:
                 self._process_batch(ctx, batch_prompts, crop_size, input_size, crop_box, orig_size, part)
             return part
 
+        cands = _Candidates()
         batches = [prompts[start : start + batch] for start in range(0, len(prompts), batch)]
         for part in self._map_batches(work, batches):  # in prompt order, whatever the threads
             cands.extend(part)
+        self.prompts_decoded += len(prompts)
         data = cands.cat()
         if len(data["rles"]):
             keep = batched_nms(
@@ -384,9 +388,12 @@ class MaskGenerator:
                 low_res, iou, prompt_idx, prompts, input_size, crop_size, crop_box, orig_size, cands
             )
             return
+        low_size = (int(low_res.shape[-2]), int(low_res.shape[-1]))
+        resize = _sam_resize(low_size, self.model_size, input_size, crop_size)
         for start in range(0, len(iou), UPSAMPLE_CHUNK):
             sl = slice(start, start + UPSAMPLE_CHUNK)
-            logits = upscale_logits_like_sam(low_res[sl], self.model_size, input_size, crop_size)
+            # = upscale_logits_like_sam(...) wherever a threshold below can tell the difference
+            logits = resize.logits(low_res[sl], threshold, self.stability_score_offset)
             stability = calculate_stability_score(logits, threshold, self.stability_score_offset)
             ok = (
                 stability >= self.stability_score_thresh
@@ -557,6 +564,14 @@ class MaskGenerator:
 
 
 # ---------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=16)
+def _sam_resize(
+    low_res: tuple[int, int], model_size: int, input_size: tuple[int, int], out_size: tuple[int, int]
+) -> SamResize:
+    """:class:`SamResize` per geometry, built once (its weight matrices cost more than a batch's use)."""
+    return SamResize.build(low_res, model_size, input_size, out_size)
+
+
 @contextlib.contextmanager
 def _intra_op_threads(n: int) -> Iterator[None]:
     """Set torch's intra-op thread count for the block, then restore it."""
