@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,9 @@ from alps.core.timing import StageTimer
 from alps.labeling.config import DEFAULT_CANDIDATES
 from alps.labeling.inputs.base import MaskSource, UnitResult, WorkUnit
 from alps.labeling.sources import ResolvedModel, build_source
+
+if TYPE_CHECKING:  # the clustering module (scikit-learn) is imported where phase B runs
+    from alps.labeling.cluster import FeatureSource
 
 log = logging.getLogger("alps.labeling")
 
@@ -182,7 +185,7 @@ def cluster_tables(
 
 
 def choose_clusters(
-    source: Any, candidates: Sequence[int], seed: int
+    source: FeatureSource, candidates: Sequence[int], seed: int
 ) -> tuple[int, dict[str, Any] | None, list[str]]:
     """K for ``clusters="auto"``: :func:`alps.labeling.cluster.choose_k` over ``candidates``.
 
@@ -202,8 +205,9 @@ def choose_clusters(
         log.warning(note)
         return min(candidates), None, [note]
     choice = choose_k(source, candidates, seed=seed)
+    table = choice.as_dict()
     log.info("clusters auto: %s, sample of %d masks", choice.rule, choice.sample_size)
-    for row in choice.as_dict()["candidates"]:
+    for row in table["candidates"]:
         mark = "  <- chosen" if row["k"] == choice.k else ""
         log.info("  K %4d  inertia %14.2f  silhouette %.4f%s", row["k"], row["inertia"], row["silhouette"],
                  mark)  # fmt: skip
@@ -212,4 +216,4 @@ def choose_clusters(
         notes.append(f"clusters auto: K = {choice.k} is the largest candidate tried and the silhouette may "
                      "rise further; consider larger --cluster-candidates")  # fmt: skip
         log.info(notes[-1])
-    return choice.k, choice.as_dict(), notes
+    return choice.k, table, notes
