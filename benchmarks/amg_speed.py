@@ -137,6 +137,10 @@ def agreement(ref: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[st
         "other": len(other),
         "ref_matched": float(close.any(1).mean()),
         "other_matched": float(close.any(0).mean()),
+        # masks whose RLE is the reference's, in the same position of the list (bit-identical output)
+        "identical_in_order": sum(
+            a["segmentation"] == b["segmentation"] for a, b in zip(ref, other, strict=False)
+        ),
     }
 
 
