@@ -13,6 +13,7 @@ from alps.sam.decoder import (
     upscale_masks,
     upscale_masks_gemm,
 )
+from alps.sam.generator import mask_areas
 
 
 def _decoded(sam: torch.nn.Module, n_prompts: int) -> tuple[ImageContext, object]:
@@ -101,3 +102,25 @@ def test_sam_resize_decides_every_threshold_like_sam(
     k, y, x = (torch.randint(0, n, (5000,), generator=torch.Generator().manual_seed(1)) for n in ref.shape)
     assert torch.equal(resize.exact_at(low_res, k, y, x), ref[k, y, x])
     assert float((resize.approx(low_res) - ref).abs().max()) < 1e-5 * float(low_res.abs().max())
+
+
+def test_sam_resize_band_matches_the_dense_product() -> None:
+    """The banded resize (exact mode's fast path) is the composite matrix product, to float32 rounding,
+    on a square crop, a non-square one with padding, and an upscaled LiteMedSAM tile."""
+    x = torch.randn(3, 256, 256, generator=torch.Generator().manual_seed(0)) * 5
+    for geometry in [
+        ((256, 256), 1024, (1024, 1024), (512, 512)),
+        ((256, 256), 1024, (1024, 922), (400, 360)),
+        ((256, 256), 256, (256, 256), (400, 400)),
+    ]:
+        resize = SamResize.build(*geometry)
+        assert resize.band_h is not None and resize.band_w is not None, geometry
+        dense = torch.matmul(resize.rows, x @ resize.cols_t)
+        banded = resize.approx(x)
+        assert banded.shape == dense.shape == (3, *geometry[3])
+        assert float((banded - dense).abs().max()) < 1e-5 * float(x.abs().max()), geometry
+
+
+def test_mask_areas_counts_pixels() -> None:
+    masks = torch.rand(4, 70, 90, generator=torch.Generator().manual_seed(0)) > 0.3
+    assert torch.equal(mask_areas(masks).long(), masks.flatten(1).sum(1))

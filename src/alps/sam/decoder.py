@@ -399,6 +399,9 @@ class SamResize:
     # per axis: (first-stage taps i0, i1, w0, w1 over the model size, second-stage taps over the crop)
     taps_h: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]
     taps_w: tuple[tuple[Tensor, ...], tuple[Tensor, ...]]
+    # the same matrices as bands (None where a band would not be narrower than the matrix)
+    band_h: _Band | None = None
+    band_w: _Band | None = None
 
     @classmethod
     def build(
@@ -409,12 +412,17 @@ class SamResize:
             first, second = _linear_taps(n_low, model_size), _linear_taps(n_in, n_out)
             taps.append((first, second))
             m1 = _tap_matrix(first, n_low)[:n_in]  # (n_in, n_low)
-            mats.append((_tap_matrix(second, n_in) @ m1).float())  # (n_out, n_low)
-        return cls(mats[0], mats[1].T.contiguous(), taps[0], taps[1])
+            mats.append(_tap_matrix(second, n_in) @ m1)  # (n_out, n_low) float64
+        rows, cols = mats
+        return cls(
+            rows.float(), cols.T.float().contiguous(), taps[0], taps[1], _Band.of(rows), _Band.of(cols)
+        )
 
     def approx(self, low_res: Tensor) -> Tensor:
         """(K, h, w) -> (K, out_h, out_w) float32 logits, within rounding of the official ones."""
-        return torch.matmul(self.rows, low_res @ self.cols_t)
+        if self.band_h is None or self.band_w is None:
+            return torch.matmul(self.rows, low_res @ self.cols_t)
+        return self.band_h.along_rows(self.band_w.along_cols(low_res))
 
     def exact_at(self, low_res: Tensor, k: Tensor, y: Tensor, x: Tensor) -> Tensor:
         """The official logits at pixels ``(y, x)`` of masks ``k`` (all (P,) int64), bit for bit."""
@@ -445,6 +453,56 @@ class SamResize:
         if len(k):
             out[k, y, x] = self.exact_at(low_res, k, y, x)
         return out
+
+
+@dataclass(frozen=True)
+class _Band:
+    """A resize matrix (n_out, n_in) in blocks of ``block`` output positions, each reading one window of
+    ``width`` consecutive inputs: a bilinear composite touches a few inputs per output, so the two
+    batched products below do ~n_in/width times fewer FLOPs than the dense ones (ViT-B on a 512² crop:
+    34 of 256 inputs per 64 outputs; 16 masks in 32 instead of 62 ms on one thread). Values differ from
+    the dense product only by float32 rounding."""
+
+    index: Tensor  # (blocks * width,) int64: the window of each block, concatenated
+    weight: Tensor  # (blocks, width, block) float32: weight[b, j, o] = M[b * block + o, window_b[j]]
+    n_out: int
+
+    @classmethod
+    def of(cls, m: Tensor, block: int = 64) -> _Band | None:
+        """The band of ``m`` (float64), or None when a window would cover more than half the inputs."""
+        n_out, n_in = m.shape
+        blocks = -(-n_out // block)
+        spans = []
+        for b in range(blocks):
+            used = torch.nonzero(m[b * block : (b + 1) * block].abs().sum(0)).flatten()
+            spans.append((int(used.min()), int(used.max()) + 1) if len(used) else (0, 1))
+        width = max(hi - lo for lo, hi in spans)
+        if 2 * width > n_in:
+            return None
+        index = torch.empty(blocks, width, dtype=torch.long)
+        weight = torch.zeros(blocks, width, block, dtype=torch.float64)
+        for b, (lo, _hi) in enumerate(spans):
+            lo = min(lo, n_in - width)
+            index[b] = torch.arange(lo, lo + width)
+            part = m[b * block : (b + 1) * block, lo : lo + width]
+            weight[b, :, : len(part)] = part.T
+        return cls(index.flatten(), weight.float(), n_out)
+
+    def along_cols(self, x: Tensor) -> Tensor:
+        """``x @ M^T`` for x (K, h, n_in) -> (K, h, n_out)."""
+        k, h, _ = x.shape
+        blocks, width, block = self.weight.shape
+        windows = x[:, :, self.index].view(k * h, blocks, width).transpose(0, 1)  # (blocks, K*h, width)
+        out = torch.bmm(windows, self.weight).transpose(0, 1).reshape(k, h, blocks * block)
+        return out if blocks * block == self.n_out else out[:, :, : self.n_out].contiguous()
+
+    def along_rows(self, x: Tensor) -> Tensor:
+        """``M @ x`` for x (K, n_in, c) -> (K, n_out, c)."""
+        k, _, c = x.shape
+        blocks, width, block = self.weight.shape
+        windows = x[:, self.index, :].view(k, blocks, width, c)
+        out = torch.matmul(self.weight.transpose(1, 2), windows).reshape(k, blocks * block, c)
+        return out if blocks * block == self.n_out else out[:, : self.n_out].contiguous()
 
 
 def _tap_matrix(taps: tuple[Tensor, ...], n_in: int) -> Tensor:

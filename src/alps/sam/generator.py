@@ -404,16 +404,17 @@ class MaskGenerator:
                 if self.stability_score_thresh > 0.0
                 else torch.ones_like(stability, dtype=torch.bool)
             )
-            masks = logits[ok] > threshold
+            masks = (logits if bool(ok.all()) else logits[ok]) > threshold
             del logits
             boxes = batched_mask_to_box(masks)
             edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
-            masks, boxes = masks[edge_ok], boxes[edge_ok]
+            if not bool(edge_ok.all()):
+                masks, boxes = masks[edge_ok], boxes[edge_ok]
             idx = torch.nonzero(ok).flatten()[edge_ok]
             self._add(
                 cands,
                 masks_to_rles(masks),
-                masks.flatten(1).sum(1),
+                mask_areas(masks),
                 boxes,
                 iou[sl][idx],
                 stability[idx],
@@ -509,7 +510,7 @@ class MaskGenerator:
             )[:, 0]
             masks = x > threshold
             rles.extend(masks_to_rles(masks))
-            areas.append(masks.flatten(1).sum(1))
+            areas.append(mask_areas(masks))
         return rles, torch.cat(areas).cpu()
 
     # ------------------------------------------------------------------ post-processing
@@ -587,11 +588,18 @@ def _intra_op_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def mask_areas(masks: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) bool -> (K,) int32 pixel counts, summed per row in int16 first as segment-anything's
+    stability score does (a bool ``sum`` over the flattened mask was measured 20x slower)."""
+    row_dtype = torch.int16 if masks.shape[-1] < 2**15 else torch.int32
+    return masks.sum(-1, dtype=row_dtype).sum(-1, dtype=torch.int32)
+
+
 def masks_to_rles(masks: torch.Tensor) -> list[dict[str, Any]]:
     """(K, H, W) bool -> COCO compressed RLEs (pycocotools' column-major layout)."""
     if not len(masks):
         return []
-    fortran = masks.transpose(1, 2).contiguous().to(torch.uint8).cpu().numpy().transpose(2, 1, 0)
+    fortran = masks.transpose(1, 2).contiguous().cpu().view(torch.uint8).numpy().transpose(2, 1, 0)
     rles = mask_utils.encode(fortran)
     return list(rles)
 
