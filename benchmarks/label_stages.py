@@ -62,6 +62,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
         ("segment_anything/utils/amg.py", "is_box_near_crop_edge"),
         ("alps/sam/generator.py", "_filter_low_res"),
         ("alps/sam/generator.py", "_upsample_survivors"),
+        ("alps/sam/generator.py", "mask_areas"),
     ],
     "RLE": [("alps/sam/generator.py", "masks_to_rles")],
     "NMS": [("torchvision/ops/boxes.py", "batched_nms")],

@@ -250,12 +250,25 @@ def _activate_(act: nn.Module, x: Tensor) -> Tensor:
 
 
 def _upscaling(decoder: MaskDecoder, src: Tensor) -> Tensor:
-    """``decoder.output_upscaling(src)``, the activations in place when it has the standard layout."""
+    """``decoder.output_upscaling(src)``, layer norm and activations in place for the standard layout."""
     parts = _gemm_upscaling(decoder)
     if parts is None:
         return decoder.output_upscaling(src)
     up1, norm, act1, up2, act2 = parts
-    return _activate_(act2, up2(_activate_(act1, norm(up1(src)))))
+    return _activate_(act2, up2(_activate_(act1, _layer_norm_2d_(norm, up1(src)))))
+
+
+def _layer_norm_2d_(norm: LayerNorm2d, x: Tensor) -> Tensor:
+    """``norm(x)`` for segment-anything's LayerNorm2d, overwriting ``x``: its operations in its order
+    (``x - u``, the mean of its square, the division, ``weight * x + bias``), so the same bits, without
+    its four fresh (P, C, H, W) tensors."""
+    if type(norm) is not LayerNorm2d:
+        return norm(x)
+    u = x.mean(1, keepdim=True)
+    x = x.sub_(u)
+    s = x.pow(2).mean(1, keepdim=True)
+    x = x.div_(torch.sqrt(s + norm.eps))
+    return x.mul_(norm.weight[:, None, None]).add_(norm.bias[:, None, None])
 
 
 @torch.no_grad()
