@@ -473,7 +473,7 @@ class _Band:
     """A resize matrix (n_out, n_in) in blocks of ``block`` output positions, each reading one window of
     ``width`` consecutive inputs: a bilinear composite touches a few inputs per output, so the two
     batched products below do ~n_in/width times fewer FLOPs than the dense ones (ViT-B on a 512² crop:
-    34 of 256 inputs per 64 outputs; 16 masks in 32 instead of 62 ms on one thread). Values differ from
+    34 of 256 inputs per 64 outputs; 16 masks in 32-40 instead of 60 ms on one thread). Values differ from
     the dense product only by float32 rounding."""
 
     index: Tensor  # (blocks * width,) int64: the window of each block, concatenated

@@ -10,9 +10,10 @@ windows at once in windowed blocks. The arithmetic is the same; only floating-po
 
 :func:`vit_forward_exact` (exact mode): the official operations in the official order, bit for bit,
 but the bias added and the softmax taken in place, and on CPU head by head in one reused buffer
-(ViT-B at 1024 px on 2 cores: 21.3 -> 14.2 s; ``torch.equal`` to the module's forward, checked in
-the tests). On other devices the heads stay batched (same kernels as the official code), which
-still saves two attention-sized copies per block.
+(ViT-B at 1024 px on 2 cores: 22.4 -> 15.3 s, ``benchmarks/encoder_speed.py``; ``torch.equal`` to the
+module's forward, checked by the tests and the benchmark with PyTorch's x86 CPU kernels). On other
+devices the heads stay batched (the same kernels as the official code), which still saves two
+attention-sized copies per block.
 """
 
 from __future__ import annotations
