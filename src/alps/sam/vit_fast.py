@@ -18,6 +18,9 @@ attention-sized copies per block.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import (
@@ -73,29 +76,32 @@ def attention_forward(attn: Attention, x: Tensor) -> Tensor:
     return attn.proj(out)
 
 
-def block_forward(block: Block, x: Tensor) -> Tensor:
-    """Same as ``Block.forward``."""
+Attend = Callable[[Attention, Tensor], Tensor]
+
+
+def block_forward(block: Block, x: Tensor, attend: Attend = attention_forward) -> Tensor:
+    """Same as ``Block.forward``, with ``attend`` for the block's attention."""
     shortcut = x
     x = block.norm1(x)
     if block.window_size > 0:
         h, w = x.shape[1], x.shape[2]
         x, pad_hw = window_partition(x, block.window_size)
-        x = attention_forward(block.attn, x)
+        x = attend(block.attn, x)
         x = window_unpartition(x, block.window_size, pad_hw, (h, w))
     else:
-        x = attention_forward(block.attn, x)
+        x = attend(block.attn, x)
     x = shortcut + x
     return x + block.mlp(block.norm2(x))
 
 
 @torch.no_grad()
-def vit_forward(encoder: ImageEncoderViT, x: Tensor) -> Tensor:
+def vit_forward(encoder: ImageEncoderViT, x: Tensor, attend: Attend = attention_forward) -> Tensor:
     """Same as ``ImageEncoderViT.forward``: (B, 3, S, S) normalised pixels -> (B, 256, S/16, S/16)."""
     x = encoder.patch_embed(x)
     if encoder.pos_embed is not None:
         x = x + encoder.pos_embed
     for block in encoder.blocks:
-        x = block_forward(block, x)
+        x = block_forward(block, x, attend)
     return encoder.neck(x.permute(0, 3, 1, 2))
 
 
@@ -154,27 +160,6 @@ def attention_forward_exact(attn: Attention, x: Tensor, *, per_head: bool | None
     return attn.proj(out)
 
 
-def block_forward_exact(block: Block, x: Tensor, *, per_head: bool | None = None) -> Tensor:
-    """``Block.forward`` bit for bit, with :func:`attention_forward_exact`."""
-    shortcut = x
-    x = block.norm1(x)
-    if block.window_size > 0:
-        h, w = x.shape[1], x.shape[2]
-        x, pad_hw = window_partition(x, block.window_size)
-        x = attention_forward_exact(block.attn, x, per_head=per_head)
-        x = window_unpartition(x, block.window_size, pad_hw, (h, w))
-    else:
-        x = attention_forward_exact(block.attn, x, per_head=per_head)
-    x = shortcut + x
-    return x + block.mlp(block.norm2(x))
-
-
-@torch.no_grad()
 def vit_forward_exact(encoder: ImageEncoderViT, x: Tensor, *, per_head: bool | None = None) -> Tensor:
     """``ImageEncoderViT.forward`` bit for bit, faster and with less memory (see the module docstring)."""
-    x = encoder.patch_embed(x)
-    if encoder.pos_embed is not None:
-        x = x + encoder.pos_embed
-    for block in encoder.blocks:
-        x = block_forward_exact(block, x, per_head=per_head)
-    return encoder.neck(x.permute(0, 3, 1, 2))
+    return vit_forward(encoder, x, functools.partial(attention_forward_exact, per_head=per_head))
