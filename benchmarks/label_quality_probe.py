@@ -15,6 +15,12 @@ as ``alps label``) and reports its cluster ceiling: what K clusters allow when t
 the class. If it reaches the mask ceiling while the real features stay far below it, the gap of
 label_quality's ablation is in the features, not in the clustering or in K.
 
+The **per-image normalisation** rows test the obvious remedy for features that do not carry the class
+from one site to the next: each image's mask features centred (``|c``) or standardised per dimension
+(``|z``, then scaled by ``1/sqrt(dim)``) within the image before clustering, for every feature source
+and for the colour / texture / size / shape statistics alone (``stats``), mini-batch + 20 Lloyd
+passes, cluster ceiling mean ± std over the seeds.
+
     python benchmarks/label_quality_probe.py --work /tmp/lq/work --out label_quality_probe.json
 """
 
@@ -56,6 +62,45 @@ def probe(x: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[tuple[np.nda
         model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x[train], y[train], sample_weight=w[train])
         pred[test] = model.predict(x[test])
     return weighted_r2(y, pred, w)
+
+
+def centred(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(0, keepdims=True)).astype(np.float32) if len(x) else x
+
+
+def standardised(x: np.ndarray) -> np.ndarray:
+    if len(x) < 2:
+        return x
+    z = (x - x.mean(0, keepdims=True)) / (x.std(0, keepdims=True) + 1e-6)
+    return (z / np.sqrt(x.shape[1])).astype(np.float32)
+
+
+def normalisation_rows(
+    images: list[Any], data: Any, out: Path, k: int, seeds: list[int]
+) -> dict[str, dict[str, float]]:
+    """Cluster ceiling (foreground, %) per feature source, raw / centred / standardised per image."""
+    from PIL import Image
+
+    from alps.labeling.features import mask_statistics
+    from alps.labeling.table import read_mask_table, table_rles
+
+    for im in images:
+        rgb = np.asarray(Image.open(data.images / f"{im.id}.png").convert("RGB"))
+        table = read_mask_table(out / "tables" / f"{im.id}.parquet")
+        im.features["stats"] = mask_statistics(rgb, table_rles(table))
+    rows: dict[str, dict[str, float]] = {}
+    for feature in (*lq.FEATURES, "stats"):
+        for suffix, fn in (("", None), ("|c", centred), ("|z", standardised)):
+            name = feature + suffix
+            if fn is not None:
+                for im in images:
+                    im.features[name] = fn(im.features[feature])
+            ceilings = [lq.score(images, name, k, seed, 20, 1)["cluster_ceiling"] for seed in seeds]
+            rows[name] = {
+                "mean": round(100 * float(np.mean(ceilings)), 1),
+                "std": round(100 * float(np.std(ceilings)), 1),
+            }
+    return rows
 
 
 def main() -> None:
@@ -101,6 +146,7 @@ def main() -> None:
         runs = [lq.score(images, "oracle", k, seed, 0, 1) for seed in args.seeds]
         summary = lq.summarise(runs)
         entry["oracle"] = {key: summary[key] for key in ("mask_ceiling", "cluster_ceiling", "iou_majority")}
+        entry["per_image_normalisation"] = normalisation_rows(images, data, out, k, args.seeds)
         results[name] = entry
         print(json.dumps({name: entry}), file=sys.stderr, flush=True)
     emit(

@@ -59,6 +59,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
         ("alps/sam/decoder.py", "logits"),
         ("segment_anything/utils/amg.py", "calculate_stability_score"),
         ("segment_anything/utils/amg.py", "batched_mask_to_box"),
+        ("alps/sam/generator.py", "mask_boxes"),
         ("segment_anything/utils/amg.py", "is_box_near_crop_edge"),
         ("alps/sam/generator.py", "_filter_low_res"),
         ("alps/sam/generator.py", "_upsample_survivors"),

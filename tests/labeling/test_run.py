@@ -480,17 +480,18 @@ def test_cli_kill9_resume_is_byte_identical(
     )
     deadline = time.monotonic() + 300
 
+    def states() -> list[Path]:  # not the hidden temporaries an atomic write renames into place
+        return [p for p in (out / "state").glob("*.json") if not p.name.startswith(".")]
+
     def n_done() -> int:
-        return sum('"status": "ok"' in p.read_text() for p in (out / "state").glob("*.json"))
+        return sum('"status": "ok"' in p.read_text() for p in states())
 
     while not n_done() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     finished = {  # items whose state says done (others hold a "partial" state or none)
-        p.stem: p.stat().st_mtime_ns
-        for p in (out / "state").glob("*.json")
-        if json.loads(p.read_text()).get("status") == "ok"
+        p.stem: p.stat().st_mtime_ns for p in states() if json.loads(p.read_text()).get("status") == "ok"
     }
     if proc.returncode != -signal.SIGKILL or len(finished) == len(inputs):
         pytest.fail(f"the run was not interrupted mid-way (rc {proc.returncode}, {len(finished)} done)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from segment_anything.utils.amg import batched_mask_to_box
 
+import alps.sam.decoder as decoder_module
 from alps.sam.decoder import (
     ImageContext,
     SamResize,
@@ -13,7 +15,7 @@ from alps.sam.decoder import (
     upscale_masks,
     upscale_masks_gemm,
 )
-from alps.sam.generator import mask_areas
+from alps.sam.generator import mask_areas, mask_boxes
 
 
 def _decoded(sam: torch.nn.Module, n_prompts: int) -> tuple[ImageContext, object]:
@@ -47,6 +49,22 @@ def test_gemm_upscaling_equals_the_decoder_modules(sam_real_decoder: torch.nn.Mo
         # the sign (the mask) agrees everywhere except within rounding distance of the threshold
         flips = (got > 0) != (ref > 0)
         assert bool((ref[flips].abs() < 1e-3).all()), name
+
+
+def test_gemm_upscaling_band_size_changes_no_bits(
+    sam_real_decoder: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bands of embedding rows (uneven last band included) give the bits of one whole-image pass."""
+    decoder = sam_real_decoder.mask_decoder
+    ctx, out = _decoded(sam_real_decoder, 2)
+    prompt_idx, mask_idx = torch.tensor([1, 0, 1, 0]), torch.tensor([3, 2, 1, 1])
+    results = {}
+    for rows in (64, 16, 5, 1):
+        monkeypatch.setattr(decoder_module, "UPSCALE_ROWS", rows)
+        results[rows] = upscale_masks_gemm(decoder, ctx, out, prompt_idx, mask_idx)  # type: ignore[arg-type]
+    assert float(results[64].abs().max()) > 1.0
+    for rows in (16, 5, 1):
+        assert torch.equal(results[rows], results[64]), rows
 
 
 def test_upscale_masks_is_the_decoder_modules_bitwise(sam_real_decoder: torch.nn.Module) -> None:
@@ -124,3 +142,20 @@ def test_sam_resize_band_matches_the_dense_product() -> None:
 def test_mask_areas_counts_pixels() -> None:
     masks = torch.rand(4, 70, 90, generator=torch.Generator().manual_seed(0)) > 0.3
     assert torch.equal(mask_areas(masks).long(), masks.flatten(1).sum(1))
+
+
+def test_mask_boxes_equal_segment_anythings() -> None:
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 70, 90, generator=gen) > 0.999  # sparse: boxes well inside the image
+    masks[1] = False  # empty
+    masks[2] = False
+    masks[2, 69, 0] = True  # one pixel in a corner
+    masks[3] = True  # full
+    masks[4, :, :] = False
+    masks[4, 10:20, 30:31] = True  # a one-column bar
+    got = mask_boxes(masks)
+    ref = batched_mask_to_box(masks)
+    assert got.dtype == ref.dtype
+    assert torch.equal(got, ref)
+    assert got[2].tolist() == [0, 69, 0, 69] and got[1].tolist() == [0, 0, 0, 0]
+    assert mask_boxes(torch.zeros(0, 5, 5, dtype=torch.bool)).shape == (0, 4)
