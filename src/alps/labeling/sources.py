@@ -171,9 +171,7 @@ def generator_settings(
     from alps.sam.generator import THRESHOLDS, default_prompt
 
     if prompt is None:
-        prompt = (
-            default_prompt(spec.module) if spec.module is not None else default_prompt(spec.name)
-        )
+        prompt = default_prompt(spec.module) if spec.module is not None else default_prompt(spec.name)
     iou, stability = THRESHOLDS[prompt]
     defaults = {"pred_iou_thresh": iou, "stability_score_thresh": stability}
     return dict(sorted({**defaults, **given}.items()))

@@ -307,7 +307,6 @@ def _trainer(config: TrainConfig, run_dir: Path, validate: bool, val_every: int)
     )  # fmt: skip
 
 
-
 def pretrain(config: TrainConfig) -> RunResult:
     """Train a network from scratch (or from local encoder weights) on a (pseudo-)labelled dataset."""
     return train(config.replace(mode="pretrain"))
