@@ -68,8 +68,8 @@ def test_gemm_upscaling_band_size_changes_no_bits(
 
 
 def test_upscale_masks_is_the_decoder_modules_bitwise(sam_real_decoder: torch.nn.Module) -> None:
-    """Exact mode's upscaling (layer norm and activations in place) gives the very bits of SAM's
-    output_upscaling and hypernetwork product."""
+    """The reference upscaling (the fallback for other layouts) gives the very bits of SAM's
+    output_upscaling and hypernetwork product, per-prompt batching included."""
     decoder = sam_real_decoder.mask_decoder
     ctx, out = _decoded(sam_real_decoder, 2)
     prompt_idx, mask_idx = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 3, 1, 2])

@@ -257,40 +257,20 @@ def _activate_(act: nn.Module, x: Tensor) -> Tensor:
     return act(x)
 
 
-def _upscaling(decoder: MaskDecoder, src: Tensor) -> Tensor:
-    """``decoder.output_upscaling(src)``, layer norm and activations in place for the standard layout."""
-    parts = _gemm_upscaling(decoder)
-    if parts is None:
-        return decoder.output_upscaling(src)
-    up1, norm, act1, up2, act2 = parts
-    return _activate_(act2, up2(_activate_(act1, _layer_norm_2d_(norm, up1(src)))))
-
-
-def _layer_norm_2d_(norm: LayerNorm2d, x: Tensor) -> Tensor:
-    """``norm(x)`` for segment-anything's LayerNorm2d, overwriting ``x``: its operations in its order
-    (``x - u``, the mean of its square, the division, ``weight * x + bias``), so the same bits, without
-    its four fresh (P, C, H, W) tensors."""
-    if type(norm) is not LayerNorm2d:
-        return norm(x)
-    u = x.mean(1, keepdim=True)
-    x = x.sub_(u)
-    s = x.pow(2).mean(1, keepdim=True)
-    x = x.div_(torch.sqrt(s + norm.eps))
-    return x.mul_(norm.weight[:, None, None]).add_(norm.bias[:, None, None])
-
-
 @torch.no_grad()
 def upscale_masks(
     decoder: MaskDecoder, ctx: ImageContext, out: DecoderOutput, prompt_idx: Tensor, mask_idx: Tensor
 ) -> Tensor:
-    """Low-resolution mask logits (len(prompt_idx), 4h, 4w) for the given (prompt, mask output) pairs.
+    """Low-resolution mask logits (len(prompt_idx), 4h, 4w) for the given (prompt, mask output) pairs,
+    with the decoder's own upscaling modules: the reference of the tests and the fallback of
+    :func:`upscale_masks_gemm` (which both modes use) for a non-standard upscaling layout.
 
     The upscaling network runs once per distinct prompt, the hypernetwork once per pair.
     """
     h, w = ctx.size
     prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
     src = out.keys[prompts].transpose(1, 2).reshape(len(prompts), -1, h, w)
-    upscaled = _upscaling(decoder, src)  # (P, c', 4h, 4w)
+    upscaled = decoder.output_upscaling(src)  # (P, c', 4h, 4w), the official modules
     hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c')
     return _per_prompt_products(hyper, inverse, upscaled.flatten(2)).view(-1, *upscaled.shape[-2:])
 
