@@ -20,6 +20,9 @@ per image), and is the one closer to real use. The generators run interleaved (o
 official, ...) ``--repeats`` times per image; medians of wall and CPU seconds are reported with the load
 average around each run (the machine is shared: compare ratios within one run).
 
+``--fast-precisions fp32 bf16`` adds fast mode in bfloat16 (``MaskGenerator(precision="bf16")``) as a
+fourth generator, ``fast_bf16``, with its speed-up and recall of exact mode's masks beside fast's.
+
     python benchmarks/amg_speed.py --models vit_b --grids 32 --images crop512 --repeats 3 --out amg_speed.json
 """
 
@@ -170,12 +173,19 @@ def bench_row(
     kw: dict[str, Any] = {"output_mode": "coco_rle", **SETTINGS[setting]}
     row: dict[str, Any] = {"model": model_name, "setting": setting, "grid": grid, "prompt": prompt}
     row["per_image"] = {}
-    times: dict[str, list[float]] = {"official": [], "exact": [], "fast": []}
-    cpu: dict[str, list[float]] = {"official": [], "exact": [], "fast": []}
+    fasts = {fast_label(p): p for p in args.fast_precisions}
+    labels = ["official", "exact", *fasts]
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    cpu: dict[str, list[float]] = {label: [] for label in labels}
     for name, image in images.items():
         gens: dict[str, Any] = {
             "exact": MaskGenerator(model, points_per_side=grid, prompt=prompt, mode="exact", **kw),
-            "fast": MaskGenerator(model, points_per_side=grid, prompt=prompt, mode="fast", **kw),
+            **{
+                label: MaskGenerator(
+                    model, points_per_side=grid, prompt=prompt, mode="fast", precision=precision, **kw
+                )
+                for label, precision in fasts.items()
+            },
         }
         if prompt == "points" and not args.skip_official:
             gens = {"official": SamAutomaticMaskGenerator(model, points_per_side=grid, **kw), **gens}
@@ -196,9 +206,12 @@ def bench_row(
                 per[label]["prompts_decoded"] = gens[label].prompts_decoded
         if "official" in outs:
             per["exact_vs_official"] = agreement(outs["official"], outs["exact"])
-            per["fast_vs_official"] = agreement(outs["official"], outs["fast"])
-        per["fast_recall_of_exact"] = recall(outs["exact"], outs["fast"])
-        per["fast_recall_of_exact_all_sizes"] = recall(outs["exact"], outs["fast"], min_area=0)
+            for label in fasts:
+                per[f"{label}_vs_official"] = agreement(outs["official"], outs[label])
+        for label in fasts:
+            per[f"{label}_recall_of_exact"] = recall(outs["exact"], outs[label])
+            per[f"{label}_recall_of_exact_all_sizes"] = recall(outs["exact"], outs[label], min_area=0)
+            per[f"{label}_vs_exact"] = agreement(outs["exact"], outs[label])
         row["per_image"][name] = per
         print(
             json.dumps({"model": model_name, "setting": setting, "grid": grid, "image": name, **per}),
@@ -208,10 +221,17 @@ def bench_row(
     row["median_s"] = {k: round(v, 2) for k, v in med.items()}
     row["median_cpu_s"] = {k: round(statistics.median(v), 2) for k, v in cpu.items() if v}
     if "official" in med:
-        row["speedup_vs_official"] = {k: round(med["official"] / med[k], 2) for k in ("exact", "fast")}
-    recalls = [r["fast_recall_of_exact"] for r in row["per_image"].values()]
-    row["fast_recall_of_exact_mean"] = float(np.nanmean(recalls)) if recalls else None
+        row["speedup_vs_official"] = {k: round(med["official"] / med[k], 2) for k in ("exact", *fasts)}
+    for label in fasts:
+        recalls = [r[f"{label}_recall_of_exact"] for r in row["per_image"].values()]
+        finite = [x for x in recalls if not np.isnan(x)]
+        row[f"{label}_recall_of_exact_mean"] = float(np.mean(finite)) if finite else None
     return row
+
+
+def fast_label(precision: str) -> str:
+    """``fast`` for float32, ``fast_bf16`` for bfloat16 (the generator labels of the report)."""
+    return "fast" if precision == "fp32" else f"fast_{precision}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,6 +282,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per image (median)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument(
+        "--fast-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+        help="fast mode's compute precisions timed (bf16: the generator 'fast_bf16')",
+    )  # fmt: skip
     parser.add_argument(
         "--no-malloc-tuning", action="store_true", help="leave glibc malloc as it is (see alps.core.runtime)"
     )

@@ -55,11 +55,16 @@ class ImageContext:
     @classmethod
     @torch.no_grad()
     def build(cls, prompt_encoder: PromptEncoder, decoder: MaskDecoder, embedding: Tensor) -> ImageContext:
-        """``embedding``: (1, C, h, w) image embedding from the encoder."""
+        """``embedding``: (1, C, h, w) image embedding from the encoder. The context computes in the
+        embedding's dtype (the decoder's too, e.g. bfloat16); the prompt encoder's dense positional
+        encoding is computed in its own (float32) and then cast."""
         h, w = embedding.shape[-2:]
-        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        keys = (embedding + dense).flatten(2).transpose(1, 2)
-        key_pe = prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+        dtype = embedding.dtype
+        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype)
+        # channels-last and contiguous: a transposed view made every per-prompt copy of it a strided
+        # gather (3.3 ms instead of 0.1 ms for two prompts)
+        keys = (embedding + dense).flatten(2).transpose(1, 2).contiguous()
+        key_pe = prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)
         layer0 = decoder.transformer.layers[0]
         t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
         keys_pe = keys + key_pe
@@ -356,7 +361,8 @@ def upscale_masks_gemm(
     w2_by_row = [w2[:, a * 2 * c2 : (a + 1) * 2 * c2].contiguous() for a in (0, 1)]
     b2_by_row = [b2[a * 2 * c2 : (a + 1) * 2 * c2] for a in (0, 1)]
     hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c2)
-    logits = hyper.new_empty(len(prompt_idx), 4 * h, 4 * w)
+    # float32 logits whatever the decoder's dtype (a bfloat16 band is widened as it is written)
+    logits = hyper.new_empty(len(prompt_idx), 4 * h, 4 * w, dtype=torch.float32)
     order = torch.argsort(prompt_idx, stable=True)
     prompts, counts = torch.unique_consecutive(prompt_idx[order], return_counts=True)
     rows = UPSCALE_ROWS
@@ -366,7 +372,7 @@ def upscale_masks_gemm(
         start += count
         first = int(pairs[0])
         contiguous = count == 1 or bool((pairs[1:] - pairs[:-1] == 1).all())
-        dest = logits[first : first + count] if contiguous else hyper.new_empty(count, 4 * h, 4 * w)
+        dest = logits[first : first + count] if contiguous else logits.new_empty(count, 4 * h, 4 * w)
         by_row = dest.view(count, h, 2, 2, 4 * w)  # (M, i, a, a', column)
         vectors = hyper[pairs]  # (M, c2)
         keys = out.keys[prompt].view(h, w, -1)
