@@ -20,7 +20,7 @@ import pytest
 
 import alps
 from alps.labeling.run import label
-from tests.labeling.test_pinned_outputs import PINNED, alps_samples, summarise
+from tests.labeling.test_pinned_outputs import PINNED, alps_samples, compare_pinned, summarise
 from tests.labeling.test_run import FAST, label_bytes, tiny_sam, write_images
 
 ray = pytest.importorskip("ray") if os.environ.get("CI", "").lower() != "true" else __import__("ray")
@@ -35,10 +35,8 @@ def pinned(name: str) -> dict[str, Any]:
 
 
 def assert_same(out: Path, name: str) -> None:
-    summary = json.loads(json.dumps(summarise(out)))
-    expected = pinned(name)
-    for key in sorted(set(expected) | set(summary)):
-        assert summary.get(key) == expected.get(key), f"{name}: {key} differs from the local engine's"
+    differ = compare_pinned(summarise(out), pinned(name))
+    assert not differ, f"{name}: {', '.join(differ)} differ from the local engine's pinned outputs"
 
 
 def engine_entry(out: Path) -> dict[str, Any]:
