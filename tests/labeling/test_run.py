@@ -408,6 +408,14 @@ def test_cli_demo_wires_the_sample_run(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert cli_main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     assert calls["model"] == "litemedsam" and calls["checkpoint"].endswith("litemedsam.pth")
     assert calls["inputs"] == [str(tmp_path / "x.png")] and calls["clusters"] == 8
+    assert cli_main(["demo", "--out", str(tmp_path / "demo"), "--clusters", "auto", "--no-progress"]) == 0
+    assert calls["clusters"] == "auto"  # read as alps label reads it
+
+
+def test_cli_demo_rejects_bad_clusters(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo", "--clusters", "zero"])
+    assert exit_info.value.code == 2 and "clusters must be a whole number" in capsys.readouterr().err
 
 
 def test_unknown_generator_setting_is_refused_before_work(tmp_path: Path, model: Sam) -> None:

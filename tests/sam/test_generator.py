@@ -66,9 +66,7 @@ def _recall(exact: list[dict], other: list[dict]) -> float:
     return found / len(big)
 
 
-def test_fast_mode_in_bfloat16_on_real_weights(
-    litemedsam: torch.nn.Module, aerial_image: np.ndarray
-) -> None:
+def test_fast_mode_in_bfloat16_on_real_weights(litemedsam: torch.nn.Module, aerial_image: np.ndarray) -> None:
     """precision='bf16': bfloat16 copies of the encoder and decoder compute; the caller's model stays
     float32, the embedding and scores come back float32, and most of exact mode's masks are found."""
     gen = MaskGenerator(litemedsam, points_per_side=16, mode="fast", precision="bf16")

@@ -101,7 +101,7 @@ def test_real_efficientnet_lite0_imagenet_weights(deepforest_samples: dict) -> N
 
     path = require_asset("the EfficientNet-Lite0 weights", fetch_efficientnet_lite0_weights)
     classifier = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    from alps.train.models import load_matching, read_state_dict
+    from alps.core.state_dict import load_matching, read_state_dict
 
     assert load_matching(classifier, read_state_dict(path)).remapped_by_position
     image = cv2.resize(read_image(deepforest_samples["SOAP_061"].image), (224, 224)).astype(np.float32)

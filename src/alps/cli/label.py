@@ -52,9 +52,9 @@ def register(subparsers: Any) -> None:
     )
     demo.add_argument(
         "--clusters",
-        type=int,
+        type=_clusters_arg,
         default=DEMO_DEFAULTS["clusters"],
-        help=f"number of clusters (default: {DEMO_DEFAULTS['clusters']}: few images)",
+        help=f"number of clusters, or 'auto' (default: {DEMO_DEFAULTS['clusters']}: few images)",
     )
     demo.add_argument(
         "--points-per-side",
@@ -129,6 +129,16 @@ def _setup_logging() -> None:
         handler.setFormatter(logging.Formatter("alps: %(message)s"))
         handler.setLevel(logging.WARNING)
         root.addHandler(handler)
+
+
+def _clusters_arg(value: str) -> int | str:
+    """``--clusters`` of ``alps demo``: as ``alps label`` reads it (a whole number >= 1 or ``auto``)."""
+    from alps.labeling.config import parse_clusters
+
+    try:
+        return parse_clusters(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _run_label(inputs: list[str], out: str, config: Any = None, **kwargs: Any) -> int:

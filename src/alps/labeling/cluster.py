@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 MODEL_FORMAT_VERSION = 1
+# a mini-batch epoch shuffles rows within chunks of this many batches (tables, arrays, the fit)
+SHUFFLE_CHUNK_BATCHES = 8
 
 
 @dataclass
@@ -284,10 +286,12 @@ class TableFeatures:
     """
 
     paths: tuple[Path, ...]
-    shuffle_chunk_batches: int = 8
+    shuffle_chunk_batches: int = SHUFFLE_CHUNK_BATCHES
 
     @classmethod
-    def of(cls, paths: Sequence[Path | str], shuffle_chunk_batches: int = 8) -> TableFeatures:
+    def of(
+        cls, paths: Sequence[Path | str], shuffle_chunk_batches: int = SHUFFLE_CHUNK_BATCHES
+    ) -> TableFeatures:
         return cls(tuple(sorted_tables(paths)), shuffle_chunk_batches)
 
     @property
@@ -312,7 +316,7 @@ class ArrayFeatures:
     :class:`TableFeatures` (same parts in the same order give the same fit as the tables)."""
 
     parts: tuple[npt.NDArray[np.float32], ...]
-    shuffle_chunk_batches: int = 8
+    shuffle_chunk_batches: int = SHUFFLE_CHUNK_BATCHES
 
     @property
     def dim(self) -> int:
@@ -423,7 +427,7 @@ def fit_clusters(
     refine_passes: int = 0,
     restarts: int = 1,
     progress: bool = True,
-    shuffle_chunk_batches: int = 8,
+    shuffle_chunk_batches: int = SHUFFLE_CHUNK_BATCHES,
 ) -> ClusterModel:
     """Fit ``k`` cluster centres to the features of all mask tables with bounded memory.
 

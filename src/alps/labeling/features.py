@@ -375,8 +375,8 @@ def _cnn(name: str) -> torch.nn.Module:
     """The ImageNet CNN ``name`` as a timm feature extractor (stride 8 and 16 maps), eval mode, on CPU."""
     import timm
 
+    from alps.core.state_dict import load_matching, read_state_dict
     from alps.samples.encoders import fetch_efficientnet_lite0_weights
-    from alps.train.models import load_matching, read_state_dict
 
     if name != "efficientnet_lite0":
         raise ValueError(f"unknown CNN {name!r}; choose from {', '.join(CNN_MODELS)}")

@@ -180,7 +180,9 @@ def generator_settings(
 def model_input(model: ResolvedModel) -> int:
     """Longest side of the model's encoder input in pixels (sets the default tile size of scenes)."""
     if model.module is not None:
-        return int(getattr(getattr(model.module, "image_encoder", None), "img_size", 1024))
+        from alps.sam.build import model_input_size
+
+        return model_input_size(model.module)
     from alps.sam.registry import model_spec
 
     return model_spec(model.name).input_size
