@@ -48,6 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``state`` without ``prefix`` on its keys when every key has it, else ``state`` itself."""
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix) :]: v for k, v in state.items()}
     return state
