@@ -63,13 +63,24 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _table_digest(path: Path) -> str:
+def _table(path: Path) -> tuple[str, dict[str, Any]]:
+    """A mask table read once: the exact digest of its content, and its portable part (row count, the
+    histogram of its clusters, every other numeric column as a sketch)."""
     table = pq.read_table(path)
     digest = hashlib.sha256(",".join(table.column_names).encode())
+    columns: dict[str, list[float]] = {}
     for name in table.column_names:
         column = table.column(name).combine_chunks()
-        digest.update(json.dumps(column.to_pylist(), default=str).encode())
-    return digest.hexdigest()[:16]
+        values = column.to_pylist()
+        digest.update(json.dumps(values, default=str).encode())
+        kind = column.type
+        while hasattr(kind, "value_type"):  # (fixed-size) lists
+            kind = kind.value_type
+        if name != "cluster" and str(kind).startswith(("float", "double", "half", "int", "uint")):
+            columns[name] = _sketch([v for v in values if v is not None])
+    clusters = np.asarray(table.column("cluster").to_pylist()) if "cluster" in table.column_names else []
+    histogram = {str(k): int(n) for k, n in zip(*np.unique(clusters, return_counts=True), strict=True)}
+    return digest.hexdigest()[:16], {"rows": table.num_rows, "columns": columns, "clusters": histogram}
 
 
 SKETCH_RTOL = 1e-4
@@ -120,23 +131,6 @@ def _counts_close(got: Any, want: Any) -> bool:
     if isinstance(want, int | float) and isinstance(got, int | float):
         return abs(got - want) <= max(2, PIXEL_SLACK * abs(want))
     return bool(got == want)
-
-
-def _portable_table(path: Path) -> dict[str, Any]:
-    """A mask table: its row count, the histogram of its clusters, every other column as a sketch."""
-    table = pq.read_table(path)
-    columns: dict[str, list[float]] = {}
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        kind = column.type
-        while hasattr(kind, "value_type"):  # (fixed-size) lists
-            kind = kind.value_type
-        if name == "cluster" or not (str(kind).startswith(("float", "double", "half", "int", "uint"))):
-            continue
-        columns[name] = _sketch([v for v in column.to_pylist() if v is not None])
-    clusters = np.asarray(table.column("cluster").to_pylist()) if "cluster" in table.column_names else []
-    histogram = {str(k): int(n) for k, n in zip(*np.unique(clusters, return_counts=True), strict=True)}
-    return {"rows": table.num_rows, "columns": columns, "clusters": histogram}
 
 
 def compare_pinned(summary: dict[str, Any], expected: dict[str, Any]) -> list[str]:
@@ -201,7 +195,7 @@ def summarise(out: Path) -> dict[str, Any]:
     """Hashes of everything a run produced that must not change under a refactor."""
     manifest = json.loads((out / "manifest.json").read_text())
     centres = np.load(out / "cluster_model.npz")["centers"]
-    tables = sorted((out / "tables").rglob("*.parquet"))
+    tables = {p.relative_to(out).as_posix(): _table(p) for p in sorted((out / "tables").rglob("*.parquet"))}
     labels = {
         p.relative_to(out).as_posix(): _pixels(p) for p in sorted((out / "labels").rglob("*")) if p.is_file()
     }
@@ -213,7 +207,7 @@ def summarise(out: Path) -> dict[str, Any]:
         "dataset": manifest["dataset"],
         "images": [{k: r.get(k) for k in RECORD_FIELDS} for r in manifest["images"]],
         "centres": _digest(np.ascontiguousarray(centres, dtype=np.float64).tobytes()),
-        "tables": {p.relative_to(out).as_posix(): _table_digest(p) for p in tables},
+        "tables": {name: digest for name, (digest, _) in tables.items()},
         "labels": {name: _pixels_digest(array) for name, array in labels.items()},
     }
     if "volumes" in manifest:
@@ -242,7 +236,7 @@ def summarise(out: Path) -> dict[str, Any]:
         "labels_shape": {name: f"{a.dtype}{a.shape}" for name, a in labels.items()},
         "labels": {name: _histogram(a) for name, a in labels.items()},
         "centres": _sketch(centres),
-        "tables": {p.relative_to(out).as_posix(): _portable_table(p) for p in tables},
+        "tables": {name: portable for name, (_, portable) in tables.items()},
     }
     return summary
 
