@@ -143,6 +143,7 @@ def label_source(data: LabelSet, source: str, points_per_side: int, clusters: in
         clusters=clusters,
         points_per_side=points_per_side,
         seed=seed,
+        features="sam",  # the tables carry the SAM embedding; every other source is derived from them
         progress=False,
         **METHODS[source],
     )

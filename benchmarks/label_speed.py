@@ -354,6 +354,7 @@ def run_alps(
         points_per_side=points_per_side,
         mode=mode,
         seed=seed,
+        features="sam",  # the recipe's features: the SAM embedding pooled in the mask
         progress=False,
         **gen_kwargs,
     )

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from _common import cpu_train_config
+from alps.labeling.config import LabelConfig
 from alps.samples.neon import TREE_CLASSES, TreeImage, rasterize_boxes, tree_images
 from alps.train.config import TrainConfig
 from alps.train.data import read_image, read_label, write_tiles
@@ -68,6 +69,7 @@ class Settings:
     finetune_steps: int = 100
     lr: float = 3e-4
     clusters: int = 16
+    features: str = LabelConfig().features  # alps label's default feature source
     sam_model: str = "litemedsam"
     sam_checkpoint: str | None = None
     points_per_side: int = 16
@@ -121,6 +123,7 @@ def pseudo_label(inputs: Path, out: Path, masks: str, s: Settings) -> tuple[dict
         model=s.sam_model,
         checkpoint=s.sam_checkpoint,
         clusters=s.clusters,
+        features=s.features,
         masks=masks,
         points_per_side=s.points_per_side,
         val_fraction=0.0,
@@ -299,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=Settings.lr, help="peak learning rate (AdamW, cosine)")
     parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument(
+        "--features", default=Settings.features, help="pseudo-label features (alps label --features)"
+    )
     parser.add_argument("--sam-model", default="litemedsam")
     parser.add_argument("--sam-checkpoint", default=None, help="weights file; 'random' for plumbing tests")
     parser.add_argument("--points-per-side", type=int, default=16, help="SAM prompt grid (ALPS: 32)")
@@ -326,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pretrain_steps=args.pretrain_steps,
         finetune_steps=args.finetune_steps,
         clusters=args.clusters,
+        features=args.features,
         sam_model=args.sam_model,
         sam_checkpoint=args.sam_checkpoint,
         points_per_side=args.points_per_side,

@@ -76,9 +76,10 @@ class LabelConfig:
     min_area: int = option(0, "drop masks smaller than N pixels", group="model", metavar="N", table=True)
     device: str = option("cpu", "cpu or cuda", group="model", table=True)
     features: str = option(
-        "sam",
-        "mask features: sam (the SAM embedding pooled in the mask, as the paper), sam+stats (plus colour, "
-        "size and shape statistics), cnn:efficientnet_lite0 (an ImageNet CNN pooled in the mask)",
+        "sam+stats",
+        "mask features: sam+stats (the SAM embedding pooled in the mask plus colour, size and shape "
+        "statistics), sam (the embedding alone, as the paper), cnn:efficientnet_lite0 (an ImageNet CNN "
+        "pooled in the mask)",
         choices=("sam", "sam+stats", "cnn:efficientnet_lite0"), group="model", table=True,
     )  # fmt: skip
     # clustering and dataset (cheap to redo: the tables are reused)

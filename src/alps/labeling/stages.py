@@ -54,7 +54,7 @@ class MaskJob:
     seed: int
     area_threshold: float
     min_area: int
-    features: str = "sam"  # feature source (alps.labeling.features.FEATURE_SOURCES)
+    features: str = "sam+stats"  # feature source (alps.labeling.features.FEATURE_SOURCES)
     # phase B's keywords of cluster_tables: refine_passes, restarts, candidates (for k="auto")
     cluster_options: tuple[tuple[str, Any], ...] = ()
 
