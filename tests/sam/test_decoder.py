@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from segment_anything.utils.amg import batched_mask_to_box
@@ -15,7 +16,7 @@ from alps.sam.decoder import (
     upscale_masks,
     upscale_masks_gemm,
 )
-from alps.sam.generator import mask_areas, mask_boxes
+from alps.sam.generator import mask_areas, mask_boxes, masks_to_rles
 
 
 def _decoded(sam: torch.nn.Module, n_prompts: int) -> tuple[ImageContext, object]:
@@ -113,13 +114,16 @@ def test_sam_resize_decides_every_threshold_like_sam(
     ref = upscale_logits_like_sam(low_res, model_size, input_size, out_size)
     resize = SamResize.build(low, model_size, input_size, out_size)
     got = resize.logits(low_res, 0.0, 1.0)
-    assert got.shape == ref.shape
+    got_t = resize.logits(low_res, 0.0, 1.0, transposed=True)  # exact mode's column-major masks
+    assert got.shape == ref.shape and got_t.shape == (ref.shape[0], ref.shape[2], ref.shape[1])
     for t in (-1.0, 0.0, 1.0):
         assert torch.equal(got > t, ref > t), t
+        assert torch.equal(got_t.transpose(1, 2) > t, ref > t), t
         assert 0 < int((ref > t).sum()) < ref.numel()  # real decisions, not a constant mask
     k, y, x = (torch.randint(0, n, (5000,), generator=torch.Generator().manual_seed(1)) for n in ref.shape)
     assert torch.equal(resize.exact_at(low_res, k, y, x), ref[k, y, x])
-    assert float((resize.approx(low_res) - ref).abs().max()) < 1e-5 * float(low_res.abs().max())
+    for approx in (resize.approx(low_res), resize.approx(low_res, transposed=True).transpose(1, 2)):
+        assert float((approx - ref).abs().max()) < 1e-5 * float(low_res.abs().max())
 
 
 def test_sam_resize_band_matches_the_dense_product() -> None:
@@ -159,3 +163,16 @@ def test_mask_boxes_equal_segment_anythings() -> None:
     assert torch.equal(got, ref)
     assert got[2].tolist() == [0, 69, 0, 69] and got[1].tolist() == [0, 0, 0, 0]
     assert mask_boxes(torch.zeros(0, 5, 5, dtype=torch.bool)).shape == (0, 4)
+    assert torch.equal(mask_boxes(masks.transpose(1, 2).contiguous(), transposed=True), ref)
+
+
+def test_rles_of_column_major_masks_equal_pycocotools() -> None:
+    """Exact mode's masks come transposed (column-major); their RLEs are those of the masks."""
+    from pycocotools import mask as mask_utils
+
+    masks = torch.rand(5, 37, 53, generator=torch.Generator().manual_seed(2)) > 0.6
+    masks[0] = False
+    want = [mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8))) for m in masks]
+    for got in (masks_to_rles(masks), masks_to_rles(masks.transpose(1, 2).contiguous(), transposed=True)):
+        assert [r["counts"] for r in got] == [r["counts"] for r in want]
+        assert all(list(r["size"]) == [37, 53] for r in got)
