@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alps.core.rgb import to_rgb_uint8
-from alps.sam import MaskGenerator, default_prompt, load_sam
+from alps.sam import MaskGenerator, default_prompt, generator, load_sam
 from alps.sam.generator import native_bf16, resolve_precision
 from alps.sam.prompts import build_box_grid
 
@@ -46,12 +46,23 @@ def test_litemedsam_box_prompts_find_plausible_masks(
     assert result.geometry.stride == 4
 
 
-def test_fast_mode_keeps_most_exact_masks(litemedsam: torch.nn.Module, aerial_image: np.ndarray) -> None:
+def test_fast_mode_keeps_most_exact_masks(
+    litemedsam: torch.nn.Module, aerial_image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast mode finds exact's masks; borderline ones because their stability is recomputed at image
+    size near the cut-off (with the low-res score alone, some flip)."""
     exact = MaskGenerator(litemedsam, points_per_side=16, mode="exact").generate(aerial_image)
     fast = MaskGenerator(litemedsam, points_per_side=16, mode="fast").generate(aerial_image)
     recall = _recall(exact, fast)
-    print(f"fast mode: {len(fast)} masks, recall of exact masks (IoU>=0.8): {recall:.3f}")
-    assert recall >= 0.96  # the README claims 96-99 %; measured 0.989 (89 of 90)
+    monkeypatch.setattr(generator, "STABILITY_MARGIN", -1.0)  # low-res stability only
+    low_res_only = _recall(
+        exact, MaskGenerator(litemedsam, points_per_side=16, mode="fast").generate(aerial_image)
+    )
+    print(
+        f"fast mode: {len(fast)} masks, recall of exact masks (IoU>=0.8): {recall:.3f} ({low_res_only:.3f})"
+    )
+    assert recall >= 0.98  # the README: 98-99 % at 32x32 on three tiles (94-97 % with low-res stability)
+    assert recall >= low_res_only
 
 
 def _recall(exact: list[dict], other: list[dict]) -> float:

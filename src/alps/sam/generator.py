@@ -91,6 +91,9 @@ CPU_DECODER_BATCH = 2
 CPU_DECODER_WORKERS = 4
 # Full-resolution logits upsampled together (bounds memory: chunk * H * W floats).
 UPSAMPLE_CHUNK = 16
+# Fast mode: candidates whose low-res stability score lies within this of stability_score_thresh get it
+# recomputed at image size before the cut-off.
+STABILITY_MARGIN = 0.05
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -515,11 +518,18 @@ class MaskGenerator:
         valid = low_res[:, :vh, :vw]
         threshold = float(self.model.mask_threshold)
         stability = calculate_stability_score(valid, threshold, self.stability_score_offset)
-        ok = (
-            stability >= self.stability_score_thresh
-            if self.stability_score_thresh > 0.0
-            else torch.ones_like(stability, dtype=torch.bool)
-        )
+        if self.stability_score_thresh > 0.0:
+            # Recompute the stability near its cut-off from the logits at image size (as the mask
+            # will be kept): the low-res score differs by up to a few hundredths, enough to flip
+            # a borderline mask (most of fast mode's missed masks were such flips)
+            near = torch.nonzero((stability - self.stability_score_thresh).abs() <= STABILITY_MARGIN)
+            for start in range(0, len(near), UPSAMPLE_CHUNK):
+                sl = near[start : start + UPSAMPLE_CHUNK, 0]
+                full = _upsample_logits(valid[sl], crop_size)
+                stability[sl] = calculate_stability_score(full, threshold, self.stability_score_offset)
+            ok = stability >= self.stability_score_thresh
+        else:
+            ok = torch.ones_like(stability, dtype=torch.bool)
         masks = valid[ok] > threshold
         # low-res box edges -> crop pixels (cell borders: left/top inclusive, right/bottom exclusive)
         boxes = mask_boxes(masks).float().cpu()
@@ -553,10 +563,7 @@ class MaskGenerator:
         areas = []
         threshold = float(self.model.mask_threshold)
         for start in range(0, len(low_res), UPSAMPLE_CHUNK):
-            x = F.interpolate(
-                low_res[start : start + UPSAMPLE_CHUNK, None], crop_size, mode="bilinear", align_corners=False
-            )[:, 0]
-            masks = x > threshold
+            masks = _upsample_logits(low_res[start : start + UPSAMPLE_CHUNK], crop_size) > threshold
             rles.extend(masks_to_rles(masks))
             areas.append(mask_areas(masks))
         return rles, torch.cat(areas).cpu()
@@ -634,6 +641,12 @@ def _intra_op_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _upsample_logits(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) low-res logits (the valid part) -> (K, H, W) at ``size`` in one bilinear step: fast
+    mode's masks at image (crop) size."""
+    return F.interpolate(low_res[:, None], size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def mask_areas(masks: torch.Tensor) -> torch.Tensor:
