@@ -18,8 +18,9 @@ the same defaults and meaning and returns the same records. Two modes:
     (:func:`alps.sam.vit_fast.vit_forward`), and the stability score, boxes, crop-edge test
     and NMS are computed on the 256x256 low-resolution logits (the stability score again at image size
     where it lies within ``STABILITY_MARGIN`` of its cut-off, so borderline masks are decided as at
-    full resolution); only NMS survivors are upsampled, in one step, to the image. ``precision="bf16"`` (or ``"auto"``: bfloat16 where the device computes it
-    natively, CPUs with AVX-512 BF16 or AMX and CUDA GPUs that support it) runs the encoder and the
+    full resolution); only NMS survivors are upsampled, in one step, to the image.
+    ``precision="bf16"`` (or ``"auto"``: bfloat16 where the device computes it natively, CPUs with
+    AVX-512 BF16 or AMX and CUDA GPUs that support it) runs the encoder and the
     decoder's transformer and upscaling in bfloat16 (as SAM 2's own predictors do on GPU); the prompt
     encoder (its Fourier features need float32), the IoU scores and the mask logits stay float32. It
     is opt-in: on an AVX-512 BF16 CPU it made fast mode 1.5x faster but kept about 90 % of exact mode's
