@@ -24,6 +24,7 @@ IoU and mask tokens, ``H`` = attention heads, ``d`` = channels per head.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -334,9 +335,19 @@ def _conv_t_as_matrix(conv: nn.ConvTranspose2d) -> tuple[Tensor, Tensor]:
 UPSCALE_ROWS = 16
 
 
+# ``first_step(prompt, cell0, cell1)``: the first upscaling step's product ``keys[cell0:cell1] @ W1 + b1``
+# (cells x 4 C1) of one prompt, for decoders whose final keys are kept in another form
+FirstStep = Callable[[int, int, int], Tensor]
+
+
 @torch.no_grad()
 def upscale_masks_gemm(
-    decoder: MaskDecoder, ctx: ImageContext, out: DecoderOutput, prompt_idx: Tensor, mask_idx: Tensor
+    decoder: MaskDecoder,
+    ctx: ImageContext,
+    out: DecoderOutput,
+    prompt_idx: Tensor,
+    mask_idx: Tensor,
+    first_step: FirstStep | None = None,
 ) -> Tensor:
     """:func:`upscale_masks` computed channels-last as matrix products, a band of embedding rows at a
     time (rounding differs from the modules').
@@ -349,10 +360,13 @@ def upscale_masks_gemm(
     step's rows are reordered to ``(i, a, j, b)`` (runs of ``2 C_1`` floats) and the second step runs
     once per ``a'``, so each hypernetwork product yields whole image rows and nothing is shuffled at the
     pixel level. Every cell and channel is computed independently, so the band size and the split change
-    no bits. Falls back to :func:`upscale_masks` for another layout.
+    no bits. Falls back to :func:`upscale_masks` for another layout. ``first_step`` replaces the first
+    step's product with ``out.keys`` (:func:`alps.sam.lowrank.decode_tokens_lowrank`, whose keys stay
+    factored).
     """
     parts = _gemm_upscaling(decoder)
     if parts is None:
+        assert first_step is None, "first_step needs the standard upscaling layout"
         return upscale_masks(decoder, ctx, out, prompt_idx, mask_idx)
     up1, norm, act1, up2, act2 = parts
     h, w = ctx.size
@@ -377,10 +391,15 @@ def upscale_masks_gemm(
         dest = logits[first : first + count] if contiguous else logits.new_empty(count, 4 * h, 4 * w)
         by_row = dest.view(count, h, 2, 2, 4 * w)  # (M, i, a, a', column)
         vectors = hyper[pairs]  # (M, c2)
-        keys = out.keys[prompt].view(h, w, -1)
+        keys = out.keys[prompt].view(h, w, -1) if first_step is None else None
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            x = torch.addmm(b1, keys[r0:r1].reshape(-1, keys.shape[-1]), w1)  # rows (i, j), cols (a, b, c1)
+            if keys is None:
+                assert first_step is not None
+                x = first_step(prompt, r0 * w, r1 * w)
+            else:
+                # rows (i, j), cols (a, b, c1)
+                x = torch.addmm(b1, keys[r0:r1].reshape(-1, keys.shape[-1]), w1)
             x = x.view(r1 - r0, w, 2, 2 * c1).transpose(1, 2).reshape(-1, c1)  # rows (i, a, j, b)
             x = _activate_(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
             for a in (0, 1):

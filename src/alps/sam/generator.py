@@ -70,6 +70,13 @@ from alps.sam.decoder import (
     decode_tokens,
     upscale_masks_gemm,
 )
+from alps.sam.lowrank import (
+    LowRankContext,
+    LowRankOutput,
+    decode_tokens_lowrank,
+    first_upscaling_step,
+    supports_lowrank,
+)
 from alps.sam.prompts import box_grid_for_layer
 from alps.sam.types import Geometry, MaskResult
 from alps.sam.vit_fast import encode_image
@@ -344,6 +351,9 @@ class MaskGenerator:
         embedding, input_size = self._embed(crop)
         geometry = Geometry(crop_size, input_size, self.model_size, int(embedding.shape[-1]))
         ctx = ImageContext.build(self.model.prompt_encoder, self._decoder, embedding)
+        lowrank = None
+        if self.mode == "fast" and embedding.dtype == torch.float32 and supports_lowrank(self._decoder):
+            lowrank = LowRankContext.build(self._decoder, ctx)
         prompts = self._prompts(layer, crop_size)
         batch = self.points_per_batch
         if self.device.type == "cpu":
@@ -354,7 +364,9 @@ class MaskGenerator:
         def work(batch_prompts: np.ndarray) -> _Candidates:
             part = _Candidates()
             with torch.no_grad(), torch.inference_mode(inference):  # both are per thread
-                self._process_batch(ctx, batch_prompts, crop_size, input_size, crop_box, orig_size, part)
+                self._process_batch(
+                    ctx, lowrank, batch_prompts, crop_size, input_size, crop_box, orig_size, part
+                )
             return part
 
         cands = _Candidates()
@@ -411,6 +423,7 @@ class MaskGenerator:
     def _process_batch(
         self,
         ctx: ImageContext,
+        lowrank: LowRankContext | None,
         prompts: np.ndarray,
         crop_size: tuple[int, int],
         input_size: tuple[int, int],
@@ -419,7 +432,11 @@ class MaskGenerator:
         cands: _Candidates,
     ) -> None:
         sparse = self._encode_prompts(prompts, crop_size).to(ctx.keys.dtype)
-        out: DecoderOutput = decode_tokens(self._decoder, ctx, sparse)
+        out: DecoderOutput
+        if lowrank is None:
+            out = decode_tokens(self._decoder, ctx, sparse)
+        else:  # fast mode, float32: the image keys stay factored (alps.sam.lowrank)
+            out = decode_tokens_lowrank(self._decoder, lowrank, sparse)
         # multimask outputs 1..3 for points, the single output 0 for boxes (as SAM does per prompt type)
         outputs = [1, 2, 3] if self.prompt == "points" else [0]
         n_out = len(outputs)
@@ -437,7 +454,11 @@ class MaskGenerator:
         # both modes: the upscaling as matrix products, a band of rows at a time (upscale_masks_gemm).
         # Its rounding differs from the modules' as the restructured decoder's does; on the equivalence
         # test's loose case it left 762 of 768 masks identical to the official ones, the modules 759
-        low_res = upscale_masks_gemm(self._decoder, ctx, out, prompt_idx, mask_idx).float()
+        first_step = None
+        if lowrank is not None:
+            assert isinstance(out, LowRankOutput)
+            first_step = first_upscaling_step(lowrank, out)
+        low_res = upscale_masks_gemm(self._decoder, ctx, out, prompt_idx, mask_idx, first_step).float()
         threshold = float(self.model.mask_threshold)
         if self.mode == "fast":
             self._filter_low_res(

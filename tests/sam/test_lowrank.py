@@ -1,0 +1,116 @@
+"""Fast mode's factored two-way transformer (alps.sam.lowrank) against the restructured decoder, on real
+weights: the same function up to float32 rounding, and the same masks from the generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
+from alps.sam import MaskGenerator, generator, load_sam
+from alps.sam.decoder import ImageContext, decode_tokens, upscale_masks_gemm
+from alps.sam.lowrank import (
+    LowRankContext,
+    decode_tokens_lowrank,
+    final_keys,
+    first_upscaling_step,
+    supports_lowrank,
+)
+
+
+@pytest.fixture(scope="module")
+def litemedsam(litemedsam_checkpoint: Path) -> torch.nn.Module:
+    return load_sam("litemedsam", checkpoint=litemedsam_checkpoint)
+
+
+def _embed(sam: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
+    """The model's image embedding of ``image`` (resized and padded as the generator does)."""
+
+    gen = MaskGenerator(sam, mode="fast")
+    with torch.no_grad():
+        return gen._embed(image)[0]
+
+
+def _compare(sam: torch.nn.Module, embedding: torch.Tensor, sparse: torch.Tensor) -> None:
+    decoder = sam.mask_decoder
+    assert supports_lowrank(decoder)
+    ctx = ImageContext.build(sam.prompt_encoder, decoder, embedding)
+    lr = LowRankContext.build(decoder, ctx)
+    ref = decode_tokens(decoder, ctx, sparse)
+    got = decode_tokens_lowrank(decoder, lr, sparse)
+    assert float(ref.keys.std()) > 0.1 and float(ref.iou_pred.std()) > 1e-3  # not a degenerate case
+    torch.testing.assert_close(got.iou_pred, ref.iou_pred, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        got.mask_tokens, ref.mask_tokens, rtol=0, atol=1e-4 * float(ref.mask_tokens.abs().max())
+    )
+    for p in range(len(sparse)):
+        torch.testing.assert_close(
+            final_keys(lr, got, p), ref.keys[p], rtol=0, atol=1e-4 * float(ref.keys.abs().max())
+        )
+    # the low-res logits through the factored first upscaling step, as the generator computes them
+    prompt_idx = torch.arange(len(sparse)).repeat_interleave(2)
+    mask_idx = torch.tensor([0, 3]).repeat(len(sparse))
+    want = upscale_masks_gemm(decoder, ctx, ref, prompt_idx, mask_idx)
+    have = upscale_masks_gemm(decoder, ctx, got, prompt_idx, mask_idx, first_upscaling_step(lr, got))
+    scale = float(want.abs().max())
+    assert scale > 1.0
+    torch.testing.assert_close(have, want, rtol=0, atol=1e-4 * scale)
+
+
+def test_factored_decoder_equals_the_decoder_on_point_prompts(sam_real_decoder: torch.nn.Module) -> None:
+    """SAM ViT-H's real decoder, point prompts (a pad token each), an odd batch."""
+    gen = torch.Generator().manual_seed(1)
+    embedding = torch.randn(1, 256, 64, 64, generator=gen)
+    points = torch.rand(3, 1, 2, generator=gen) * 1024
+    with torch.no_grad():
+        sparse, _ = sam_real_decoder.prompt_encoder(
+            points=(points, torch.ones(3, 1, dtype=torch.int)), boxes=None, masks=None
+        )
+        _compare(sam_real_decoder, embedding, sparse)
+
+
+def test_factored_decoder_equals_the_decoder_on_real_embeddings(
+    litemedsam: torch.nn.Module, aerial_image: np.ndarray
+) -> None:
+    """LiteMedSAM's real encoder and decoder on a real aerial tile, box prompts."""
+    embedding = _embed(litemedsam, aerial_image)
+    boxes = torch.tensor([[0.0, 0.0, 128.0, 128.0], [100.0, 40.0, 180.0, 250.0]])
+    with torch.no_grad():
+        sparse, _ = litemedsam.prompt_encoder(points=None, boxes=boxes, masks=None)
+        _compare(litemedsam, embedding, sparse)
+
+
+def test_fast_mode_factored_gives_the_same_masks(
+    litemedsam: torch.nn.Module, aerial_image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generator uses the factored decoder in fast float32 mode; switching it off changes no mask
+    beyond rounding at a threshold."""
+    calls: list[int] = []
+    real = generator.decode_tokens_lowrank
+
+    def spy(*args: object) -> object:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(generator, "decode_tokens_lowrank", spy)
+    factored = MaskGenerator(litemedsam, points_per_side=16, mode="fast").generate(aerial_image)
+    assert calls
+    monkeypatch.setattr(generator, "supports_lowrank", lambda decoder: False)
+    calls.clear()
+    plain = MaskGenerator(litemedsam, points_per_side=16, mode="fast").generate(aerial_image)
+    assert not calls
+    assert len(plain) > 20
+    same = {m["segmentation"].tobytes() for m in plain} & {m["segmentation"].tobytes() for m in factored}
+    print(f"factored fast mode: {len(factored)} masks, plain {len(plain)}, identical {len(same)}")
+    assert len(same) >= 0.97 * max(len(plain), len(factored))
+
+
+def test_supports_lowrank_only_for_sams_layout() -> None:
+    """A transformer of another depth keeps the plain decoder."""
+    two = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(2, 32, 4, 64))
+    one = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(1, 32, 4, 64))
+    assert supports_lowrank(two)
+    assert not supports_lowrank(one)
