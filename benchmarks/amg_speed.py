@@ -22,6 +22,8 @@ average around each run (the machine is shared: compare ratios within one run).
 
 ``--fast-precisions fp32 bf16`` adds fast mode in bfloat16 (``MaskGenerator(precision="bf16")``) as a
 fourth generator, ``fast_bf16``, with its speed-up and recall of exact mode's masks beside fast's.
+``--fast-plain`` adds fast mode with the plain restructured decoder instead of the factored two-way
+transformer (``MaskGenerator(factored=False)``, :mod:`alps.sam.lowrank`), ``fast_plain``.
 
     python benchmarks/amg_speed.py --models vit_b --grids 32 --images crop512 --repeats 3 --out amg_speed.json
 """
@@ -173,7 +175,9 @@ def bench_row(
     kw: dict[str, Any] = {"output_mode": "coco_rle", **SETTINGS[setting]}
     row: dict[str, Any] = {"model": model_name, "setting": setting, "grid": grid, "prompt": prompt}
     row["per_image"] = {}
-    fasts = {fast_label(p): p for p in args.fast_precisions}
+    fasts: dict[str, dict[str, Any]] = {fast_label(p): {"precision": p} for p in args.fast_precisions}
+    if args.fast_plain:  # fast mode without the factored transformer (alps.sam.lowrank), float32
+        fasts["fast_plain"] = {"precision": "fp32", "factored": False}
     labels = ["official", "exact", *fasts]
     times: dict[str, list[float]] = {label: [] for label in labels}
     cpu: dict[str, list[float]] = {label: [] for label in labels}
@@ -181,10 +185,8 @@ def bench_row(
         gens: dict[str, Any] = {
             "exact": MaskGenerator(model, points_per_side=grid, prompt=prompt, mode="exact", **kw),
             **{
-                label: MaskGenerator(
-                    model, points_per_side=grid, prompt=prompt, mode="fast", precision=precision, **kw
-                )
-                for label, precision in fasts.items()
+                label: MaskGenerator(model, points_per_side=grid, prompt=prompt, mode="fast", **options, **kw)
+                for label, options in fasts.items()
             },
         }
         if prompt == "points" and not args.skip_official:
@@ -285,6 +287,10 @@ def main() -> None:
     parser.add_argument(
         "--fast-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
         help="fast mode's compute precisions timed (bf16: the generator 'fast_bf16')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fast-plain", action="store_true",
+        help="also time fast mode with the plain decoder (MaskGenerator(factored=False)): 'fast_plain'",
     )  # fmt: skip
     parser.add_argument(
         "--no-malloc-tuning", action="store_true", help="leave glibc malloc as it is (see alps.core.runtime)"

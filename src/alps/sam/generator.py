@@ -200,6 +200,10 @@ class MaskGenerator:
         :func:`native_bf16`). bfloat16 trades recall for speed (module docstring); exact mode is
         always float32 (``"bf16"`` is refused there). The precision used is ``self.precision``;
         bfloat16 keeps a bfloat16 copy of the encoder and the mask decoder.
+    factored: fast mode in float32 runs SAM's two-way transformer with the image keys kept factored
+        (:mod:`alps.sam.lowrank`: the same function up to rounding, about half the multiply-adds per
+        prompt); ``False`` runs the plain restructured decoder instead (for comparison). Exact mode
+        and bfloat16 always use the plain one.
     """
 
     def __init__(
@@ -225,6 +229,7 @@ class MaskGenerator:
         max_pixels: int = 64_000_000,
         decoder_workers: int | None = None,
         precision: Precision = "fp32",
+        factored: bool = True,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
@@ -267,6 +272,7 @@ class MaskGenerator:
         if decoder_workers is not None and decoder_workers < 1:
             raise ValueError(f"decoder_workers must be >= 1, not {decoder_workers}")
         self.decoder_workers = decoder_workers
+        self.factored = factored
         self.prompts_decoded = 0  # prompts run through the decoder by the last generate call
         self.model_size = int(model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.model_size)
@@ -352,7 +358,8 @@ class MaskGenerator:
         geometry = Geometry(crop_size, input_size, self.model_size, int(embedding.shape[-1]))
         ctx = ImageContext.build(self.model.prompt_encoder, self._decoder, embedding)
         lowrank = None
-        if self.mode == "fast" and embedding.dtype == torch.float32 and supports_lowrank(self._decoder):
+        fp32 = embedding.dtype == torch.float32
+        if self.mode == "fast" and self.factored and fp32 and supports_lowrank(self._decoder):
             lowrank = LowRankContext.build(self._decoder, ctx)
         prompts = self._prompts(layer, crop_size)
         batch = self.points_per_batch
