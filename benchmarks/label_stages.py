@@ -7,7 +7,8 @@ encoder + the real SAM ViT-H prompt encoder / mask decoder (as in ``amg_speed.py
 
 =================  ====================================================================================
 encoder            the image encoder incl. its preprocessing (``MaskGenerator._embed``)
-decoder            the two-way transformer for all prompts (``decoder.decode_tokens``) + prompt encoding
+decoder            the two-way transformer for all prompts (``decoder.decode_tokens``, in fast mode
+                   ``lowrank.decode_tokens_lowrank``) + prompt encoding
 upscaling          the decoder's output upscaling + hypernetwork products (``upscale_masks[_gemm]``)
 post-processing    exact: the two resizes to the crop (``SamResize.logits``), stability, boxes, crop-edge
                    test; fast: the same on the low-res logits (``_filter_low_res``) and the final
@@ -53,7 +54,11 @@ from amg_speed import IMAGES, build_model, sample_image
 # stage -> (file suffix, function name) pairs whose cumulative times add up to it
 STAGES: dict[str, list[tuple[str, str]]] = {
     "encoder": [("alps/sam/generator.py", "_embed")],
-    "decoder": [("alps/sam/decoder.py", "decode_tokens"), ("alps/sam/generator.py", "_encode_prompts")],
+    "decoder": [
+        ("alps/sam/decoder.py", "decode_tokens"),
+        ("alps/sam/lowrank.py", "decode_tokens_lowrank"),
+        ("alps/sam/generator.py", "_encode_prompts"),
+    ],
     "upscaling": [("alps/sam/decoder.py", "upscale_masks"), ("alps/sam/decoder.py", "upscale_masks_gemm")],
     "post-processing": [
         ("alps/sam/decoder.py", "logits"),

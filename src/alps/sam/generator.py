@@ -15,7 +15,9 @@ the same defaults and meaning and returns the same records. Two modes:
 
 ``mode="fast"``
     Like exact, but the ViT encoder runs its attention through PyTorch's fused kernel
-    (:func:`alps.sam.vit_fast.vit_forward`), and the stability score, boxes, crop-edge test
+    (:func:`alps.sam.vit_fast.vit_forward`), on CPU in float32 the two-way transformer keeps the image
+    keys factored (:mod:`alps.sam.lowrank`: the same function, about half the multiply-adds per
+    prompt; ``factored=False`` turns it off), and the stability score, boxes, crop-edge test
     and NMS are computed on the 256x256 low-resolution logits (the stability score again at image size
     where it lies within ``STABILITY_MARGIN`` of its cut-off, so borderline masks are decided as at
     full resolution); only NMS survivors are upsampled, in one step, to the image.
@@ -200,10 +202,10 @@ class MaskGenerator:
         :func:`native_bf16`). bfloat16 trades recall for speed (module docstring); exact mode is
         always float32 (``"bf16"`` is refused there). The precision used is ``self.precision``;
         bfloat16 keeps a bfloat16 copy of the encoder and the mask decoder.
-    factored: fast mode in float32 runs SAM's two-way transformer with the image keys kept factored
-        (:mod:`alps.sam.lowrank`: the same function up to rounding, about half the multiply-adds per
-        prompt); ``False`` runs the plain restructured decoder instead (for comparison). Exact mode
-        and bfloat16 always use the plain one.
+    factored: fast mode in float32 on CPU runs SAM's two-way transformer with the image keys kept
+        factored (:mod:`alps.sam.lowrank`: the same function up to rounding, about half the
+        multiply-adds per prompt); ``False`` runs the plain restructured decoder instead (for
+        comparison). Exact mode, bfloat16 and GPUs always use the plain one.
     """
 
     def __init__(
@@ -358,8 +360,10 @@ class MaskGenerator:
         geometry = Geometry(crop_size, input_size, self.model_size, int(embedding.shape[-1]))
         ctx = ImageContext.build(self.model.prompt_encoder, self._decoder, embedding)
         lowrank = None
-        fp32 = embedding.dtype == torch.float32
-        if self.mode == "fast" and self.factored and fp32 and supports_lowrank(self._decoder):
+        # on CPU (measured there); a GPU keeps the plain decoder, batched over points_per_batch prompts,
+        # where the factored one would loop over them
+        fp32_cpu = embedding.dtype == torch.float32 and self.device.type == "cpu"
+        if self.mode == "fast" and self.factored and fp32_cpu and supports_lowrank(self._decoder):
             lowrank = LowRankContext.build(self._decoder, ctx)
         prompts = self._prompts(layer, crop_size)
         batch = self.points_per_batch
