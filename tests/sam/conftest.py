@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,15 @@ def sam_real_decoder() -> torch.nn.Module:
     sam.mask_decoder.load_state_dict(state["MaskDecoder"])
     sam.image_encoder = CachedEncoder(sam.image_encoder)
     return sam
+
+
+@pytest.fixture(scope="session")
+def sam_on_test_device(sam_real_decoder: torch.nn.Module) -> torch.nn.Module:
+    """``sam_real_decoder`` on the device named by ``ALPS_TEST_DEVICE`` (default ``cpu``, the same object):
+    ``ALPS_TEST_DEVICE=cuda`` runs the equivalence tests with both generators on a GPU."""
+    device = torch.device(os.environ.get("ALPS_TEST_DEVICE", "cpu"))
+    if device.type == "cpu":
+        return sam_real_decoder
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("ALPS_TEST_DEVICE=cuda but no CUDA device is available")
+    return copy.deepcopy(sam_real_decoder).to(device)

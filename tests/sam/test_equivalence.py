@@ -63,13 +63,15 @@ def assert_equivalent(
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_exact_mode_equals_official(
-    case: str, sam_real_decoder: torch.nn.Module, aerial_image: np.ndarray
+    case: str, sam_on_test_device: torch.nn.Module, aerial_image: np.ndarray
 ) -> None:
+    """On CPU, or on the device of ``ALPS_TEST_DEVICE`` (the GPU check of the speed issue)."""
+    sam = sam_on_test_device
     image = aerial_image[:, :360]  # non-square: exercises resize + padding geometry
     kwargs = {**CASES[case], "output_mode": "coco_rle"}
-    ours = MaskGenerator(sam_real_decoder, mode="exact", **kwargs).generate(image)
+    ours = MaskGenerator(sam, mode="exact", **kwargs).generate(image)
     try:
-        official = SamAutomaticMaskGenerator(sam_real_decoder, **kwargs).generate(image)
+        official = SamAutomaticMaskGenerator(sam, **kwargs).generate(image)
     except IndexError as err:
         # segment-anything 1.0 crashes in its cross-crop NMS when no mask survives in any crop: the
         # crop-box tensor of zero masks has no columns, and box_area indexes boxes[:, 2]
