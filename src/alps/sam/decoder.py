@@ -360,9 +360,9 @@ def upscale_masks_gemm(
     step's rows are reordered to ``(i, a, j, b)`` (runs of ``2 C_1`` floats) and the second step runs
     once per ``a'``, so each hypernetwork product yields whole image rows and nothing is shuffled at the
     pixel level. Every cell and channel is computed independently, so the band size and the split change
-    no bits. Falls back to :func:`upscale_masks` for another layout. ``first_step`` replaces the first
-    step's product with ``out.keys`` (:func:`alps.sam.lowrank.decode_tokens_lowrank`, whose keys stay
-    factored).
+    no bits. Falls back to :func:`upscale_masks` for another layout. ``first_step`` computes the first
+    step's product in place of ``out.keys @ W1`` (for :func:`alps.sam.lowrank.decode_tokens_lowrank`,
+    whose keys stay factored).
     """
     parts = _gemm_upscaling(decoder)
     if parts is None:
