@@ -113,3 +113,30 @@ def test_supports_lowrank_only_for_sams_layout() -> None:
     one = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(1, 32, 4, 64))
     assert supports_lowrank(two)
     assert not supports_lowrank(one)
+
+
+def test_fast_mode_with_crops(litemedsam: torch.nn.Module, aerial_image: np.ndarray) -> None:
+    """Fast mode over a crop layer (the factored decoder per crop, low-res boxes moved into the image,
+    masks uncropped): the plain decoder's masks, and most of exact mode's."""
+    kw = {"points_per_side": 8, "crop_n_layers": 1}
+    factored = MaskGenerator(litemedsam, mode="fast", **kw).generate(aerial_image)
+    plain = MaskGenerator(litemedsam, mode="fast", factored=False, **kw).generate(aerial_image)
+    exact = MaskGenerator(litemedsam, mode="exact", **kw).generate(aerial_image)
+    crops = {tuple(m["crop_box"]) for m in factored}
+    print(
+        f"crops: fast {len(factored)} masks from {len(crops)} crops, plain {len(plain)}, exact {len(exact)}"
+    )
+    assert len(crops) > 1  # masks from the whole image and from the crops
+    assert all(m["segmentation"].shape == aerial_image.shape[:2] for m in factored)
+    same = {m["segmentation"].tobytes() for m in plain} & {m["segmentation"].tobytes() for m in factored}
+    assert len(same) >= 0.97 * max(len(plain), len(factored))
+    big = [m["segmentation"] for m in exact if m["area"] >= 50]
+    found = sum(
+        max(
+            (np.logical_and(e, f["segmentation"]).sum() / np.logical_or(e, f["segmentation"]).sum())
+            for f in factored
+        )
+        >= 0.8
+        for e in big
+    )
+    assert big and found >= 0.9 * len(big), f"fast found {found} of exact's {len(big)} masks"
