@@ -181,6 +181,22 @@ def _image_to_token(
     return torch.baddbmm(keys, probs.transpose(1, 2), values.reshape(b, heads * t, c))
 
 
+def token_side(
+    layer: TwoWayAttentionBlock, queries: Tensor, query_pe: Tensor, attend: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """The token half of one TwoWayAttentionBlock, as SAM computes it: self-attention, the tokens'
+    attention to the image (``attend(queries + query_pe)``, computed by the caller's image-side form)
+    and the MLP, each with its residual and norm. Returns the new queries (B, T, C)."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    queries = layer.norm2(queries + attend(queries + query_pe))
+    return layer.norm3(queries + layer.mlp(queries))
+
+
 def _block(
     layer: TwoWayAttentionBlock,
     queries: Tensor,
@@ -189,22 +205,14 @@ def _block(
     ctx: ImageContext,
 ) -> tuple[Tensor, Tensor]:
     """One TwoWayAttentionBlock; ``keys=None`` means the shared image keys of layer 0."""
-    if layer.skip_first_layer_pe:
-        queries = layer.self_attn(q=queries, k=queries, v=queries)
-    else:
-        q = queries + query_pe
-        queries = queries + layer.self_attn(q=q, k=q, v=queries)
-    queries = layer.norm1(queries)
+    t2i = layer.cross_attn_token_to_image
 
-    q = queries + query_pe
-    if keys is None:
-        attn_out = _token_to_image_shared(layer.cross_attn_token_to_image, q, ctx.layer0_k, ctx.layer0_v)
-    else:
-        t2i = layer.cross_attn_token_to_image
-        attn_out = _token_to_image(t2i, q, keys, ctx.pe_keys[id(t2i)])
-    queries = layer.norm2(queries + attn_out)
-    queries = layer.norm3(queries + layer.mlp(queries))
+    def attend(q: Tensor) -> Tensor:
+        if keys is None:
+            return _token_to_image_shared(t2i, q, ctx.layer0_k, ctx.layer0_v)
+        return _token_to_image(t2i, q, keys, ctx.pe_keys[id(t2i)])
 
+    queries = token_side(layer, queries, query_pe, attend)
     q = queries + query_pe
     shared_q = ctx.layer0_q if keys is None else None
     keys_in = ctx.keys if keys is None else keys

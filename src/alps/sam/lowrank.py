@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from segment_anything.modeling import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
-from torch import Tensor
+from torch import Tensor, nn
 
 from alps.sam.decoder import (
     DecoderOutput,
@@ -46,12 +46,18 @@ from alps.sam.decoder import (
     _gemm_upscaling,
     _heads,
     _token_to_image_shared,
+    token_side,
 )
 
 
 def _split(x: Tensor, heads: int) -> Tensor:
     """(N, heads * d) -> (heads, N, d), contiguous."""
     return x.reshape(x.shape[0], heads, -1).transpose(0, 1).contiguous()
+
+
+def _split_tokens(x: Tensor, heads: int) -> Tensor:
+    """Token projections (B, T, heads * d) -> (B, heads, T, d), contiguous."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2).contiguous()
 
 
 def _out_blocks(attn: Attention) -> Tensor:
@@ -293,135 +299,187 @@ def _mixed(probs: Tensor, scale: Tensor, shared: Tensor, factors: Tensor, cols: 
     return out
 
 
-@torch.no_grad()
-def decode_tokens_lowrank(decoder: MaskDecoder, lr: LowRankContext, sparse: Tensor) -> LowRankOutput:
-    """:func:`alps.sam.decoder.decode_tokens` with the image side factored (module docstring)."""
-    ctx = lr.ctx
-    b = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-    t = tokens.shape[1]
-    heads, d = lr.heads, lr.d
-    ht = heads * t
-    scale = 1.0 / math.sqrt(d)
-    l0, l1 = _two_layers(decoder)
-    rows = lr.rows
-    c = ctx.keys.shape[-1]
+@dataclass
+class _Batch:
+    """The tensors of one prompt batch that :func:`decode_tokens_lowrank`'s steps hand on."""
+
+    tokens: Tensor  # (B, T, C) prompt and output tokens: the queries' positional part
+    heads: int
+    d: int
+    # the factors of the final keys, filled and scaled step by step (see LowRankOutput):
+    # rows [P0 (H T); mu1; 1; P1 (H T); mu2]
+    factors: Tensor
+    vt0: Tensor  # (B, H, T, d) layer 0's image->token values per head, before the output projection
+    values0: Tensor  # (B, H T, C) the same after it
+    vt1: Tensor | None = None  # layer 1's
+    values1: Tensor | None = None
+
+    @property
+    def b(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def t(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def ht(self) -> int:
+        return self.heads * self.t
+
+    @property
+    def p0(self) -> Tensor:  # (B, H T, N)
+        return self.factors[:, : self.ht]
+
+    @property
+    def p1(self) -> Tensor:
+        return self.factors[:, self.ht + 2 : 2 * self.ht + 2]
+
+    def split(self, x: Tensor) -> Tensor:
+        return _split_tokens(x, self.heads)
+
+
+@dataclass
+class _NormA:
+    """Layer 0's key norm per row of X0 + P0 V0, and the terms of it that layer 1's norm reuses."""
+
+    mu: Tensor  # (B, N) mean
+    r: Tensor  # (B, N) inverse standard deviation
+    dots0: Tensor  # (B, 4, N): P0^T (V0 v) for v = 1, g_a, g_a^2, g_a b_a
+    gram: Tensor  # (B, 2, N): |U0|^2 and |U0 g_a|^2
+    x_u0: Tensor  # (B, 2, N): X0 . U0 and X0 (g_a^2) . U0 without their bias terms
+
+
+def _layer0(decoder: MaskDecoder, lr: LowRankContext, tokens: Tensor) -> tuple[Tensor, _Batch, Tensor]:
+    """Layer 0: the token side as the decoder (shared image keys), the image side only through its
+    softmax P0 over the head-tokens. Returns the queries, the batch and ``x_u0`` (see :class:`_NormA`)."""
+    ctx, heads, d = lr.ctx, lr.heads, lr.d
+    l0, _ = _two_layers(decoder)
+    t2i = l0.cross_attn_token_to_image
+    queries = token_side(
+        l0, tokens, tokens, lambda q: _token_to_image_shared(t2i, q, ctx.layer0_k, ctx.layer0_v)
+    )
+    b, t, c = tokens.shape
     n = ctx.keys.shape[1]
-
-    def split_q(x: Tensor) -> Tensor:  # (B, T, H d) -> (B, H, T, d), contiguous
-        return x.reshape(b, t, heads, d).transpose(1, 2).contiguous()
-
-    # ---- layer 0: token side as the decoder; the image side only through its softmax P0
-    queries = tokens
-    if l0.skip_first_layer_pe:
-        queries = l0.self_attn(q=queries, k=queries, v=queries)
-    else:
-        q = queries + tokens
-        queries = queries + l0.self_attn(q=q, k=q, v=queries)
-    queries = l0.norm1(queries)
-    t2i0 = l0.cross_attn_token_to_image
-    attn_out = _token_to_image_shared(t2i0, queries + tokens, ctx.layer0_k, ctx.layer0_v)
-    queries = l0.norm2(queries + attn_out)
-    queries = l0.norm3(queries + l0.mlp(queries))
-    i2t0 = l0.cross_attn_image_to_token
-    kt = split_q(i2t0.k_proj(queries + tokens)) * scale
-    vt0 = split_q(i2t0.v_proj(queries))  # (B, H, T, d)
-    # the factors of the final keys, filled as they are computed (module docstring; LowRankOutput)
-    factors = tokens.new_empty(b, 2 * ht + 3, n)
-    big_p0, big_p1 = factors[:, :ht], factors[:, ht + 2 : 2 * ht + 2]
-    x_u0 = tokens.new_empty(b, 2, n)  # per row: X0 . U0 and X0 (g_a^2) . U0 without the bias terms
+    i2t = l0.cross_attn_image_to_token
+    kt = _split_tokens(i2t.k_proj(queries + tokens), heads) / math.sqrt(d)
+    vt0 = _split_tokens(i2t.v_proj(queries), heads)
+    factors = tokens.new_empty(b, 2 * heads * t + 3, n)
+    x_u0 = tokens.new_empty(b, 2, n)
     for i in range(b):
-        p0 = torch.softmax(torch.bmm(kt[i], lr.q0_t), dim=1, out=big_p0[i].view(heads, t, n))
+        p0 = torch.softmax(torch.bmm(kt[i], lr.q0_t), dim=1, out=factors[i, : heads * t].view(heads, t, n))
         x_u0[i] = torch.bmm(vt0[i], lr.z0_t).view(heads, t, 2, n).mul_(p0.unsqueeze(2)).sum((0, 1))
-    values0 = (torch.einsum("bhtd,hdc->bhtc", vt0, lr.blocks0) + lr.bias0).reshape(b, ht, c)
-    ga, ba = l0.norm4.weight, l0.norm4.bias
-    # P0^T (V0 v) for v = 1, g_a, g_a^2, g_a b_a: (B, 4, N)
-    dots0 = torch.bmm((values0 @ lr.vecs0).transpose(1, 2), big_p0)
-    # |U0|^2 and |U0 g_a|^2 per row: P0^T G P0 for the Gram matrices of V0 and V0 diag(g_a^2)
-    grams = torch.cat([values0 @ values0.transpose(1, 2), (values0 * (ga * ga)) @ values0.transpose(1, 2)], 1)
-    gp = torch.bmm(grams, big_p0).view(b, 2, ht, n).mul_(big_p0.unsqueeze(1)).sum(2)  # (B, 2, N)
+    values0 = (torch.einsum("bhtd,hdc->bhtc", vt0, lr.blocks0) + lr.bias0).reshape(b, heads * t, c)
+    bt = _Batch(tokens, heads, d, factors, vt0, values0)
+    return queries, bt, x_u0
 
-    # mean and inverse std of X0 + P0 V0 per row
-    mu1 = (rows["sum"] + dots0[:, 0]) / c
-    r1 = torch.rsqrt((rows["sq"] + 2 * (rows["bo0"] + x_u0[:, 0]) + gp[:, 0]) / c - mu1 * mu1 + l0.norm4.eps)
-    # the factors of layer 1's keys X1 = r1 (X0 g_a + [P0; mu1]^T [V0 g_a; -g_a]) + b_a
-    factors[:, ht] = mu1
-    factors[:, ht + 1] = 1.0
-    p0r = factors[:, : ht + 1].mul_(r1.unsqueeze(1))  # (B, HT + 1, N)
 
-    # ---- layer 1, token -> image (+ constants per row, which cancel in the softmax)
-    q = queries + tokens
-    queries = l1.norm1(queries + l1.self_attn(q=q, k=q, v=queries))
+def _norm_a(lr: LowRankContext, norm: nn.LayerNorm, bt: _Batch, x_u0: Tensor) -> _NormA:
+    """Mean and inverse std of X0 + P0 V0 per row from the factors; then the factor rows of X1 =
+    r1 (X0 g_a + [P0; mu1]^T [V0 g_a; -g_a]) + b_a are set: [r1 P0; r1 mu1; 1]."""
+    values0, p0 = bt.values0, bt.p0
+    c = values0.shape[-1]
+    ga2 = norm.weight * norm.weight
+    dots0 = torch.bmm((values0 @ lr.vecs0).transpose(1, 2), p0)
+    grams = torch.cat([values0 @ values0.transpose(1, 2), (values0 * ga2) @ values0.transpose(1, 2)], 1)
+    gram = torch.bmm(grams, p0).view(bt.b, 2, bt.ht, -1).mul_(p0.unsqueeze(1)).sum(2)
+    rows = lr.rows
+    mu = (rows["sum"] + dots0[:, 0]) / c
+    r = torch.rsqrt((rows["sq"] + 2 * (rows["bo0"] + x_u0[:, 0]) + gram[:, 0]) / c - mu * mu + norm.eps)
+    bt.factors[:, bt.ht] = mu
+    bt.factors[:, bt.ht + 1] = 1.0
+    bt.factors[:, : bt.ht + 1].mul_(r.unsqueeze(1))
+    return _NormA(mu, r, dots0, gram, x_u0)
+
+
+def _layer1(
+    decoder: MaskDecoder, lr: LowRankContext, bt: _Batch, queries: Tensor, na: _NormA
+) -> tuple[Tensor, Tensor]:
+    """Layer 1 on the factored keys X1: the tokens attend to them, then the image's softmax P1 over the
+    head-tokens fills its factor rows. Returns the queries and (X0 g_a) . U1 per row less its bias term."""
+    _, l1 = _two_layers(decoder)
+    b, t, heads, d = bt.b, bt.t, bt.heads, bt.d
+    n = bt.factors.shape[-1]
+    p0r = bt.factors[:, : bt.ht + 1]  # [r1 P0; r1 mu1]
     t2i = l1.cross_attn_token_to_image
-    qh = split_q(t2i.q_proj(queries + tokens)) * scale
-    k_cols = torch.cat([_values(vt0, lr.maps["k1"]), lr.neg_g["k1"].expand(b, 1, -1)], dim=1)
-    scores = _scores(qh, lr.a1k_t, r1, _head_dot(qh, k_cols), p0r, ctx.pe_keys[id(t2i)])
-    probs = torch.softmax(scores, dim=-1)
-    v_cols = torch.cat([_values(vt0, lr.maps["v1"]), lr.neg_g["v1"].expand(b, 1, -1)], dim=1)
-    mixed = _mixed(probs, r1, lr.a1v, p0r, v_cols)
-    mixed += lr.const["v1"]  # softmax rows sum to one
-    attn_out = t2i.out_proj(mixed.transpose(1, 2).reshape(b, t, heads * d))
-    queries = l1.norm2(queries + attn_out)
-    queries = l1.norm3(queries + l1.mlp(queries))
 
-    # ---- layer 1, image -> token: P1 over the tokens of each head
-    i2t1 = l1.cross_attn_image_to_token
-    kt = split_q(i2t1.k_proj(queries + tokens)) * scale
-    q_cols = torch.cat([_values(vt0, lr.maps["q1"]), lr.neg_g["q1"].expand(b, 1, -1)], dim=1)
+    def attend(q: Tensor) -> Tensor:  # + constants per row, which cancel in the softmax
+        qh = bt.split(t2i.q_proj(q)) / math.sqrt(d)
+        k_cols = torch.cat([_values(bt.vt0, lr.maps["k1"]), lr.neg_g["k1"].expand(b, 1, -1)], dim=1)
+        probs = torch.softmax(
+            _scores(qh, lr.a1k_t, na.r, _head_dot(qh, k_cols), p0r, lr.ctx.pe_keys[id(t2i)]), -1
+        )
+        v_cols = torch.cat([_values(bt.vt0, lr.maps["v1"]), lr.neg_g["v1"].expand(b, 1, -1)], dim=1)
+        mixed = _mixed(probs, na.r, lr.a1v, p0r, v_cols) + lr.const["v1"]  # softmax rows sum to one
+        return t2i.out_proj(mixed.transpose(1, 2).reshape(b, t, heads * d))
+
+    queries = token_side(l1, queries, bt.tokens, attend)
+    i2t = l1.cross_attn_image_to_token
+    kt = bt.split(i2t.k_proj(queries + bt.tokens)) / math.sqrt(d)
+    q_cols = torch.cat([_values(bt.vt0, lr.maps["q1"]), lr.neg_g["q1"].expand(b, 1, -1)], dim=1)
     cols = torch.cat([_head_dot(kt, q_cols), _vec_dot(kt, lr.const["q1"])], 2)  # its constant does not cancel
-    s1 = _scores(kt, lr.a1q_t, r1, cols, factors[:, : ht + 2], lr.pe_q1_t)
+    s1 = _scores(kt, lr.a1q_t, na.r, cols, bt.factors[:, : bt.ht + 2], lr.pe_q1_t)
+    p1 = bt.p1
     for i in range(b):
-        torch.softmax(s1[i], dim=1, out=big_p1[i].view(heads, t, n))
-    p1 = big_p1.view(b, heads, t, n)
-    vt1 = split_q(i2t1.v_proj(queries))
-    values1 = (torch.einsum("bhtd,hdc->bhtc", vt1, lr.blocks1) + lr.bias1).reshape(b, ht, c)
-    x_g_u1 = tokens.new_empty(b, n)  # (X0 g_a) . U1 per row, without the bias term
+        torch.softmax(s1[i], dim=1, out=p1[i].view(heads, t, n))
+    bt.vt1 = bt.split(i2t.v_proj(queries))
+    bt.values1 = (torch.einsum("bhtd,hdc->bhtc", bt.vt1, lr.blocks1) + lr.bias1).reshape(b, bt.ht, -1)
+    x_g_u1 = queries.new_empty(b, n)
     for i in range(b):
-        x_g_u1[i] = torch.bmm(vt1[i], lr.z1_t).mul_(p1[i]).sum((0, 1))
-    # P1^T (V1 v) for v = 1, g_a, b_a
-    dots1 = torch.bmm((values1 @ lr.vecs1).transpose(1, 2), big_p1)
+        x_g_u1[i] = torch.bmm(bt.vt1[i], lr.z1_t).mul_(p1[i].view(heads, t, n)).sum((0, 1))
+    return queries, x_g_u1
+
+
+def _norm_b(lr: LowRankContext, decoder: MaskDecoder, bt: _Batch, na: _NormA, x_g_u1: Tensor) -> Tensor:
+    """Mean and inverse std of X1 + P1 V1 per row (Y = X0 + P0 V0, X1 = r1 (Y - mu1) g_a + b_a) from the
+    factors; then the factors of X2 are completed: [r1 r2 P0; r1 r2 mu1; r2; r2 P1; r2 mu2]. Returns r2."""
+    l0, l1 = _two_layers(decoder)
+    ga, ba = l0.norm4.weight, l0.norm4.bias
+    values0, values1, p1 = bt.values0, bt.values1, bt.p1
+    assert values1 is not None
+    c = values0.shape[-1]
+    rows, mu1, r1 = lr.rows, na.mu, na.r
+    dots1 = torch.bmm((values1 @ lr.vecs1).transpose(1, 2), p1)  # P1^T (V1 v) for v = 1, g_a, b_a
     # 2 r1 (U0 g_a) . U1 + |U1|^2 per row in one product:
     # [2 V1 g_a V0^T | 0 | 0 | V1 V1^T] [r1 P0; r1 mu1; 1; P1]
     mixed_gram = torch.cat(
         [
             2 * (values1 * ga) @ values0.transpose(1, 2),
-            values1.new_zeros(b, ht, 2),
+            values1.new_zeros(bt.b, bt.ht, 2),
             values1 @ values1.transpose(1, 2),
         ],
         2,
     )
-    u_terms = torch.bmm(mixed_gram, factors[:, : 2 * ht + 2]).mul_(big_p1).sum(1)
-
-    # mean and inverse std of X1 + P1 V1 per row (Y = X0 + P0 V0, X1 = r1 (Y - mu1) g_a + b_a)
-    y_g = rows["g"] + dots0[:, 1]
-    y_gg = rows["gg"] + dots0[:, 2]
-    y_sq = rows["g2sq"] + 2 * (rows["bo0g2"] + x_u0[:, 1]) + gp[:, 1]  # |Y g_a|^2
+    u_terms = torch.bmm(mixed_gram, bt.factors[:, : 2 * bt.ht + 2]).mul_(p1).sum(1)
+    y_g = rows["g"] + na.dots0[:, 1]
+    y_gg = rows["gg"] + na.dots0[:, 2]
+    y_sq = rows["g2sq"] + 2 * (rows["bo0g2"] + na.x_u0[:, 1]) + na.gram[:, 1]  # |Y g_a|^2
     centred_sq = y_sq - 2 * mu1 * y_gg + mu1 * mu1 * (ga * ga).sum()  # |(Y - mu1) g_a|^2
     # ((Y - mu1) g_a) . (b_a + U1), less the (U0 g_a) . U1 term (in u_terms)
-    cross = (rows["gb"] + dots0[:, 3]) - mu1 * (ga * ba).sum() + rows["bo1g"] + x_g_u1 - mu1 * dots1[:, 1]
+    cross = (rows["gb"] + na.dots0[:, 3]) - mu1 * (ga * ba).sum() + rows["bo1g"] + x_g_u1 - mu1 * dots1[:, 1]
     s_1 = r1 * (y_g - mu1 * ga.sum()) + ba.sum() + dots1[:, 0]
     s_2 = r1 * r1 * centred_sq + (ba * ba).sum() + 2 * dots1[:, 2] + 2 * r1 * cross + u_terms
     mu2 = s_1 / c
     r2 = torch.rsqrt(s_2 / c - mu2 * mu2 + l1.norm4.eps)
-    # factors of X2 = r1 r2 X0 (g_a g_b) + F^T B + b_b: F = [P0 r1 r2; mu1 r1 r2; r2; P1 r2; mu2 r2]
-    factors[:, 2 * ht + 2] = mu2
-    factors.mul_(r2.unsqueeze(1))
-    fixed = lr.basis_fixed
-    basis = torch.cat(
-        [values0 * lr.gab, fixed[:2].expand(b, 2, -1), values1 * lr.gb, fixed[2:].expand(b, 1, -1)], dim=1
-    )
-    rr = r1 * r2
+    bt.factors[:, 2 * bt.ht + 2] = mu2
+    bt.factors.mul_(r2.unsqueeze(1))
+    return r2
 
-    # ---- final token -> image attention
+
+def _final_attention(
+    decoder: MaskDecoder, lr: LowRankContext, bt: _Batch, queries: Tensor, rr: Tensor
+) -> Tensor:
+    """The final token -> image attention on the factored keys X2 (``rr`` = r1 r2); returns the queries."""
+    vt1 = bt.vt1
+    assert vt1 is not None
+    b, t, heads, d = bt.b, bt.t, bt.heads, bt.d
     final = decoder.transformer.final_attn_token_to_image
-    qh = split_q(final.q_proj(queries + tokens)) * scale
+    qh = bt.split(final.q_proj(queries + bt.tokens)) / math.sqrt(d)
 
-    def final_cols(kind: str) -> Tensor:
-        fixed = lr.final_fixed[kind]  # the columns of the rows mu1 r1 r2, r2 and mu2 r2 of the factors
+    def cols(kind: str) -> Tensor:
+        fixed = lr.final_fixed[kind]  # the columns of the rows r1 r2 mu1, r2 and r2 mu2 of the factors
         return torch.cat(
             [
-                _values(vt0, lr.maps[kind + "0"]),
+                _values(bt.vt0, lr.maps[kind + "0"]),
                 fixed[:2].expand(b, 2, -1),
                 _values(vt1, lr.maps[kind + "1"]),
                 fixed[2:].expand(b, 1, -1),
@@ -429,19 +487,38 @@ def decode_tokens_lowrank(decoder: MaskDecoder, lr: LowRankContext, sparse: Tens
             dim=1,
         )
 
-    scores = _scores(qh, lr.afk_t, rr, _head_dot(qh, final_cols("fk")), factors, ctx.pe_keys[id(final)])
+    scores = _scores(qh, lr.afk_t, rr, _head_dot(qh, cols("fk")), bt.factors, lr.ctx.pe_keys[id(final)])
     probs = torch.softmax(scores, dim=-1)
-    mixed = _mixed(probs, rr, lr.afv, factors, final_cols("fv"))
-    mixed += lr.const["fv"]
+    mixed = _mixed(probs, rr, lr.afv, bt.factors, cols("fv")) + lr.const["fv"]
     attn_out = final.out_proj(mixed.transpose(1, 2).reshape(b, t, heads * d))
-    queries = decoder.transformer.norm_final_attn(queries + attn_out)
-    iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
+    return decoder.transformer.norm_final_attn(queries + attn_out)
+
+
+@torch.no_grad()
+def decode_tokens_lowrank(decoder: MaskDecoder, lr: LowRankContext, sparse: Tensor) -> LowRankOutput:
+    """:func:`alps.sam.decoder.decode_tokens` with the image side factored (module docstring)."""
+    b = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+    l0, _ = _two_layers(decoder)
+    queries, bt, x_u0 = _layer0(decoder, lr, tokens)
+    na = _norm_a(lr, l0.norm4, bt, x_u0)
+    queries, x_g_u1 = _layer1(decoder, lr, bt, queries, na)
+    r2 = _norm_b(lr, decoder, bt, na, x_g_u1)
+    rr = na.r * r2
+    queries = _final_attention(decoder, lr, bt, queries, rr)
+    assert bt.values1 is not None
+    fixed = lr.basis_fixed
+    basis = torch.cat(
+        [bt.values0 * lr.gab, fixed[:2].expand(b, 2, -1), bt.values1 * lr.gb, fixed[2:].expand(b, 1, -1)],
+        dim=1,
+    )
     return LowRankOutput(
-        iou_pred,
+        decoder.iou_prediction_head(queries[:, 0, :]),
         queries[:, 1 : 1 + decoder.num_mask_tokens, :],
-        ctx.keys.new_empty(b, 0, c),
+        tokens.new_empty(b, 0, tokens.shape[-1]),
         rr,
-        factors,
+        bt.factors,
         basis,
     )
 
