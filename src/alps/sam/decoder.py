@@ -39,6 +39,11 @@ def _heads(attn: Attention) -> tuple[int, int]:
     return attn.num_heads, attn.internal_dim // attn.num_heads
 
 
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """Per-cell projections (N, heads * d) -> (heads, N, d), contiguous."""
+    return x.reshape(x.shape[0], heads, -1).transpose(0, 1).contiguous()
+
+
 @dataclass
 class ImageContext:
     """Prompt-independent decoder tensors for one image embedding."""
@@ -73,8 +78,7 @@ class ImageContext:
         keys = keys_view.contiguous()
 
         def split(x: Tensor, attn: Attention) -> Tensor:
-            heads, d = _heads(attn)
-            return x[0].reshape(-1, heads, d).transpose(0, 1).contiguous()
+            return split_heads(x[0], attn.num_heads)
 
         pe = key_pe[0]
         pe_keys, pe_queries = {}, {}
@@ -385,6 +389,11 @@ def upscale_masks_gemm(
     w2_by_row = [w2[:, a * 2 * c2 : (a + 1) * 2 * c2].contiguous() for a in (0, 1)]
     b2_by_row = [b2[a * 2 * c2 : (a + 1) * 2 * c2] for a in (0, 1)]
     hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c2)
+
+    def from_keys(prompt: int, cell0: int, cell1: int) -> Tensor:
+        return torch.addmm(b1, out.keys[prompt, cell0:cell1], w1)
+
+    step1 = first_step or from_keys
     # float32 logits whatever the decoder's dtype (a bfloat16 band is widened as it is written)
     logits = hyper.new_empty(len(prompt_idx), 4 * h, 4 * w, dtype=torch.float32)
     order = torch.argsort(prompt_idx, stable=True)
@@ -399,15 +408,9 @@ def upscale_masks_gemm(
         dest = logits[first : first + count] if contiguous else logits.new_empty(count, 4 * h, 4 * w)
         by_row = dest.view(count, h, 2, 2, 4 * w)  # (M, i, a, a', column)
         vectors = hyper[pairs]  # (M, c2)
-        keys = out.keys[prompt].view(h, w, -1) if first_step is None else None
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            if keys is None:
-                assert first_step is not None
-                x = first_step(prompt, r0 * w, r1 * w)
-            else:
-                # rows (i, j), cols (a, b, c1)
-                x = torch.addmm(b1, keys[r0:r1].reshape(-1, keys.shape[-1]), w1)
+            x = step1(prompt, r0 * w, r1 * w)  # rows (i, j), cols (a, b, c1)
             x = x.view(r1 - r0, w, 2, 2 * c1).transpose(1, 2).reshape(-1, c1)  # rows (i, a, j, b)
             x = _activate_(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
             for a in (0, 1):

@@ -46,13 +46,9 @@ from alps.sam.decoder import (
     _gemm_upscaling,
     _heads,
     _token_to_image_shared,
+    split_heads,
     token_side,
 )
-
-
-def _split(x: Tensor, heads: int) -> Tensor:
-    """(N, heads * d) -> (heads, N, d), contiguous."""
-    return x.reshape(x.shape[0], heads, -1).transpose(0, 1).contiguous()
 
 
 def _split_tokens(x: Tensor, heads: int) -> Tensor:
@@ -73,7 +69,6 @@ class LowRankContext:
     H heads of d channels; ``_t`` marks a (H, d, N) layout, the others are (H, N, d)."""
 
     ctx: ImageContext
-    decoder: MaskDecoder
     heads: int
     d: int
     # X0 (g_a) W^T of layer 1's token->image keys / values and image->token queries, and
@@ -109,9 +104,10 @@ class LowRankContext:
     gb: Tensor
     bb: Tensor
     basis_fixed: Tensor  # (3, C): -g_a g_b, b_a g_b, -g_b
-    x0_gab: Tensor  # X0 diag(g_a g_b) (N, C)
-    # X0 (g_a g_b) W1 of the first upscaling step (N, 4 C1), or None for another upscaling layout
-    up_shared: Tensor | None
+    # the first upscaling step as a matrix W1 (C, 4 C1), its constant b_b W1 + b1, and X0 (g_a g_b) W1
+    up_w1: Tensor
+    up_const: Tensor
+    up_shared: Tensor
 
     @classmethod
     @torch.no_grad()
@@ -130,7 +126,7 @@ class LowRankContext:
         bo0, bo1 = i2t0.out_proj.bias, i2t1.out_proj.bias
 
         def proj(g: Tensor, w: Tensor) -> Tensor:  # (H, N, d)
-            return _split((x0 * g) @ w.T, heads)
+            return split_heads((x0 * g) @ w.T, heads)
 
         def t_(x: Tensor) -> Tensor:
             return x.transpose(1, 2).contiguous()
@@ -143,12 +139,11 @@ class LowRankContext:
         ones = torch.ones_like(ga)
         wkf, wvf = final.k_proj.weight, final.v_proj.weight
         parts = _gemm_upscaling(decoder)
-        up_shared = None
-        if parts is not None:
-            up_shared = (x0 * gab) @ _conv_t_as_matrix(parts[0])[0]
+        if parts is None:
+            raise ValueError("the factored decoder needs SAM's output upscaling (see supports_lowrank)")
+        w1, b1 = _conv_t_as_matrix(parts[0])
         return cls(
             ctx=ctx,
-            decoder=decoder,
             heads=heads,
             d=d,
             a1k_t=t_(proj(ga, t2i.k_proj.weight)),
@@ -158,8 +153,10 @@ class LowRankContext:
             afv=proj(gab, wvf),
             q0_t=t_(ctx.layer0_q),
             pe_q1_t=t_(ctx.pe_queries[id(i2t1)]),
-            z0_t=t_(torch.cat([_split(x0 @ wo0, heads), _split((x0 * ga * ga) @ wo0, heads)], dim=1)),
-            z1_t=t_(_split((x0 * ga) @ wo1, heads)),
+            z0_t=t_(
+                torch.cat([split_heads(x0 @ wo0, heads), split_heads((x0 * ga * ga) @ wo0, heads)], dim=1)
+            ),
+            z1_t=t_(split_heads((x0 * ga) @ wo1, heads)),
             rows={
                 "sum": x0.sum(1),
                 "sq": (x0 * x0).sum(1),
@@ -204,8 +201,9 @@ class LowRankContext:
             gb=gb,
             bb=bb,
             basis_fixed=torch.stack([-gab, ba * gb, -gb]),
-            x0_gab=x0 * gab,
-            up_shared=up_shared,
+            up_w1=w1,
+            up_const=bb @ w1 + b1,
+            up_shared=(x0 * gab) @ w1,
         )
 
 
@@ -526,25 +524,20 @@ def decode_tokens_lowrank(decoder: MaskDecoder, lr: LowRankContext, sparse: Tens
 def final_keys(lr: LowRankContext, out: LowRankOutput, prompt: int) -> Tensor:
     """The final image keys (N, C) of one prompt, as the decoder's ``keys``."""
     keys = torch.addmm(lr.bb, out.factors[prompt].T, out.basis[prompt])
-    return keys.addcmul_(lr.x0_gab, out.scale[prompt].unsqueeze(1))
+    return keys.addcmul_(lr.ctx.keys[0] * lr.gab, out.scale[prompt].unsqueeze(1))
 
 
 def first_upscaling_step(lr: LowRankContext, out: LowRankOutput) -> FirstStep:
     """The first upscaling step of :func:`alps.sam.decoder.upscale_masks_gemm` from the factors:
     ``final_keys @ W1 + b1`` = ``scale * (X0 diag(g_a g_b) W1)`` (once per image) ``+ F^T (B W1)`` per
     prompt, a (cells x F) @ (F x 4 C1) product instead of (cells x C) @ (C x 4 C1) after forming the keys."""
-    parts = _gemm_upscaling(lr.decoder)
-    assert parts is not None and lr.up_shared is not None
-    w1, b1 = _conv_t_as_matrix(parts[0])
-    const = lr.bb @ w1 + b1
-    shared = lr.up_shared
     cache: dict[int, Tensor] = {}
 
     def step(prompt: int, cell0: int, cell1: int) -> Tensor:
         if prompt not in cache:
             cache.clear()  # the upscaling takes the prompts one after another
-            cache[prompt] = out.basis[prompt] @ w1
-        x = torch.addmm(const, out.factors[prompt, :, cell0:cell1].T, cache[prompt])
-        return x.addcmul_(shared[cell0:cell1], out.scale[prompt, cell0:cell1].unsqueeze(1))
+            cache[prompt] = out.basis[prompt] @ lr.up_w1
+        x = torch.addmm(lr.up_const, out.factors[prompt, :, cell0:cell1].T, cache[prompt])
+        return x.addcmul_(lr.up_shared[cell0:cell1], out.scale[prompt, cell0:cell1].unsqueeze(1))
 
     return step
