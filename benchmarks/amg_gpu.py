@@ -130,7 +130,9 @@ def main() -> None:
     )
     parser.add_argument("--grid", type=int, default=32)
     parser.add_argument("--settings", nargs="+", default=["survivors", "default"], choices=list(SETTINGS))
-    parser.add_argument("--fast-precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--fast-precisions", nargs="+", default=["fp32", "mixed", "bf16"], choices=["fp32", "mixed", "bf16"]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -285,8 +285,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument(
-        "--fast-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
-        help="fast mode's compute precisions timed (bf16: the generator 'fast_bf16')",
+        "--fast-precisions", nargs="+", default=["fp32"], choices=["fp32", "mixed", "bf16"],
+        help="fast mode's compute precisions timed (bf16: the generator 'fast_bf16', mixed: 'fast_mixed')",
     )  # fmt: skip
     parser.add_argument(
         "--fast-plain", action="store_true",

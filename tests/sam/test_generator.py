@@ -93,14 +93,37 @@ def test_fast_mode_in_bfloat16_on_real_weights(litemedsam: torch.nn.Module, aeri
     assert recall >= 0.8  # measured 0.89-0.91 at 32x32 on three tiles (README), float32 fast 0.94-0.97
 
 
+def test_fast_mode_mixed_precision_on_real_weights(
+    litemedsam: torch.nn.Module, aerial_image: np.ndarray
+) -> None:
+    """precision='mixed': only the upscaling runs in bfloat16, so every mask's predicted IoU is the
+    float32 one of its prompt, and the masks are float32 fast mode's up to bfloat16 rounding."""
+    kw = {"points_per_side": 16, "mode": "fast"}
+    gen = MaskGenerator(litemedsam, precision="mixed", **kw)
+    assert gen.precision == "mixed" and next(gen._encoder.parameters()).dtype == torch.float32
+    mixed = gen.generate(aerial_image)
+    fp32 = MaskGenerator(litemedsam, **kw).generate(aerial_image)
+    assert len(fp32) > 20
+    scores = {(tuple(m["prompt_box"]), m["predicted_iou"]) for m in fp32}
+    found = sum((tuple(m["prompt_box"]), m["predicted_iou"]) in scores for m in mixed)
+    identical = {m["segmentation"].tobytes() for m in mixed} & {m["segmentation"].tobytes() for m in fp32}
+    recall = _recall(fp32, mixed)
+    print(f"mixed: {len(mixed)} masks, fp32 {len(fp32)}, same score {found}, identical {len(identical)}")
+    assert found >= 0.95 * len(mixed)  # the same prompts and IoU scores (a mask may swap in NMS)
+    assert len(identical) < len(mixed)  # the upscaling did run in bfloat16
+    assert recall >= 0.95, f"mixed found {recall:.3f} of float32 fast mode's masks"
+
+
 def test_precision_rules() -> None:
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", "fast", cpu) == "fp32"
     assert resolve_precision("bf16", "fast", cpu) == "bf16"
-    assert resolve_precision("auto", "fast", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("mixed", "fast", cpu) == "mixed"
+    assert resolve_precision("auto", "fast", cpu) == ("mixed" if native_bf16(cpu) else "fp32")
     assert resolve_precision("auto", "exact", cpu) == "fp32"
-    with pytest.raises(ValueError, match="needs mode='fast'"):
-        resolve_precision("bf16", "exact", cpu)
+    for precision in ("bf16", "mixed"):
+        with pytest.raises(ValueError, match="needs mode='fast'"):
+            resolve_precision(precision, "exact", cpu)
     with pytest.raises(ValueError, match="precision must be"):
         resolve_precision("fp16", "fast", cpu)
     assert not native_bf16(torch.device("meta"))

@@ -107,6 +107,41 @@ def test_fast_mode_factored_gives_the_same_masks(
     assert len(same) >= 0.97 * max(len(plain), len(factored))
 
 
+def test_upscaling_in_bfloat16_after_the_float32_transformer(
+    litemedsam: torch.nn.Module, aerial_image: np.ndarray
+) -> None:
+    """precision='mixed': the output upscaling in bfloat16 from the factored float32 keys (and from the
+    plain decoder's keys) gives float32 logits within bfloat16 rounding of the float32 upscaling; a
+    pixel changes side of the mask threshold only where its logit is within rounding of it."""
+    embedding = _embed(litemedsam, aerial_image)
+    decoder = litemedsam.mask_decoder
+    boxes = torch.tensor([[0.0, 0.0, 128.0, 128.0], [100.0, 40.0, 180.0, 250.0], [30.0, 30.0, 90.0, 60.0]])
+    with torch.no_grad():
+        sparse, _ = litemedsam.prompt_encoder(points=None, boxes=boxes, masks=None)
+        ctx = ImageContext.build(litemedsam.prompt_encoder, decoder, embedding)
+        lr32 = LowRankContext.build(decoder, ctx)
+        lr16 = LowRankContext.build(decoder, ctx, torch.bfloat16)
+        assert lr16.up_shared.dtype == torch.bfloat16 and lr16.a1v.dtype == torch.float32
+        got = decode_tokens_lowrank(decoder, lr32, sparse)
+        ref = decode_tokens(decoder, ctx, sparse)
+    prompt_idx, mask_idx = torch.arange(3), torch.zeros(3, dtype=torch.long)
+    want = upscale_masks_gemm(decoder, ctx, got, prompt_idx, mask_idx, first_upscaling_step(lr32, got))
+    scale = float(want.abs().max())
+    assert all(int((want[i] > 0).sum()) > 500 for i in range(3))  # three real masks
+    for have in (
+        upscale_masks_gemm(
+            decoder, ctx, got, prompt_idx, mask_idx, first_upscaling_step(lr16, got), torch.bfloat16
+        ),
+        upscale_masks_gemm(decoder, ctx, ref, prompt_idx, mask_idx, None, torch.bfloat16),
+    ):
+        assert have.dtype == torch.float32
+        err = (have - want).abs()
+        assert 1e-4 * scale < float(err.max()) < 3e-2 * scale  # bfloat16 rounding, not float32's
+        flips = (have > 0) != (want > 0)
+        assert float(flips.float().mean()) < 1e-3
+        assert not flips.any() or float(want.abs()[flips].max()) < 5e-3 * scale
+
+
 def test_supports_lowrank_only_for_sams_layout() -> None:
     """A transformer of another depth keeps the plain decoder."""
     two = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(2, 32, 4, 64))

@@ -360,6 +360,7 @@ def upscale_masks_gemm(
     prompt_idx: Tensor,
     mask_idx: Tensor,
     first_step: FirstStep | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """:func:`upscale_masks` computed channels-last as matrix products, a band of embedding rows at a
     time (rounding differs from the modules').
@@ -374,7 +375,9 @@ def upscale_masks_gemm(
     pixel level. Every cell and channel is computed independently, so the band size and the split change
     no bits. Falls back to :func:`upscale_masks` for another layout. ``first_step`` computes the first
     step's product in place of ``out.keys @ W1`` (for :func:`alps.sam.lowrank.decode_tokens_lowrank`,
-    whose keys stay factored).
+    whose keys stay factored; it must return ``dtype``). ``dtype``: the dtype the two steps, their norm
+    and activations and the hypernetwork products compute in (default: the decoder's); the logits are
+    float32 either way.
     """
     parts = _gemm_upscaling(decoder)
     if parts is None:
@@ -385,13 +388,16 @@ def upscale_masks_gemm(
     w1, b1 = _conv_t_as_matrix(up1)
     w2, b2 = _conv_t_as_matrix(up2)
     c1, c2 = int(up1.out_channels), int(up2.out_channels)
+    hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c2)
+    if dtype is not None and dtype != w1.dtype:
+        w1, b1, w2, b2, hyper = (t.to(dtype) for t in (w1, b1, w2, b2, hyper))
+    norm_w, norm_b = (None if t is None else t.to(w1.dtype) for t in (norm.weight, norm.bias))
     # the second step's columns (a', b', c2) split by a': (c1, 2 c2) each
     w2_by_row = [w2[:, a * 2 * c2 : (a + 1) * 2 * c2].contiguous() for a in (0, 1)]
     b2_by_row = [b2[a * 2 * c2 : (a + 1) * 2 * c2] for a in (0, 1)]
-    hyper = _hyper_vectors(decoder, out, prompt_idx, mask_idx)  # (K, c2)
 
     def from_keys(prompt: int, cell0: int, cell1: int) -> Tensor:
-        return torch.addmm(b1, out.keys[prompt, cell0:cell1], w1)
+        return torch.addmm(b1, out.keys[prompt, cell0:cell1].to(w1.dtype), w1)
 
     step1 = first_step or from_keys
     # float32 logits whatever the decoder's dtype (a bfloat16 band is widened as it is written)
@@ -412,7 +418,7 @@ def upscale_masks_gemm(
             r1 = min(h, r0 + rows)
             x = step1(prompt, r0 * w, r1 * w)  # rows (i, j), cols (a, b, c1)
             x = x.view(r1 - r0, w, 2, 2 * c1).transpose(1, 2).reshape(-1, c1)  # rows (i, a, j, b)
-            x = _activate_(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+            x = _activate_(act1, F.layer_norm(x, (c1,), norm_w, norm_b, norm.eps))
             for a in (0, 1):
                 y = _activate_(act2, torch.addmm(b2_by_row[a], x, w2_by_row[a]))  # cols (b', c2)
                 band = vectors @ y.view(-1, c2).T  # (M, i * a * j * b * b') = whole rows 4i + 2a + a'

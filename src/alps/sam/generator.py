@@ -21,12 +21,17 @@ the same defaults and meaning and returns the same records. Two modes:
     and NMS are computed on the 256x256 low-resolution logits (the stability score again at image size
     where it lies within ``STABILITY_MARGIN`` of its cut-off, so borderline masks are decided as at
     full resolution); only NMS survivors are upsampled, in one step, to the image.
-    ``precision="bf16"`` (or ``"auto"``: bfloat16 where the device computes it natively, CPUs with
-    AVX-512 BF16 or AMX and CUDA GPUs that support it) runs the encoder and the
-    decoder's transformer and upscaling in bfloat16 (as SAM 2's own predictors do on GPU); the prompt
-    encoder (its Fourier features need float32), the IoU scores and the mask logits stay float32. It
-    is opt-in: on an AVX-512 BF16 CPU it made fast mode 1.5x faster but kept about 90 % of exact mode's
-    masks with LiteMedSAM instead of 98-99 % (``benchmarks/amg_speed.py --fast-precisions``).
+    ``precision="mixed"`` (or ``"auto"`` where the device computes bfloat16 natively: CPUs with
+    AVX-512 BF16 or AMX, CUDA GPUs that support it) runs only the decoder's output upscaling (its two
+    products, layer norm, activations and the hypernetwork products) in bfloat16, after a float32
+    encoder and transformer: the IoU scores are float32 ones, and the logits move by bfloat16 rounding
+    only. On an AVX-512 BF16 CPU it made fast mode 1.2x faster where masks survive, and kept
+    97.5-98.2 % of exact mode's masks with LiteMedSAM (float32: 98.2-99.4 %).
+    ``precision="bf16"`` runs the encoder and the decoder's transformer and upscaling in bfloat16 (as
+    SAM 2's own predictors do on GPU); the prompt encoder (its Fourier features need float32), the IoU
+    scores and the mask logits stay float32. It is opt-in: on an AVX-512 BF16 CPU it made fast mode
+    1.5x faster but kept about 90 % of exact mode's masks with LiteMedSAM: a bfloat16 encoder moves
+    the scores across their cut-offs (``benchmarks/amg_speed.py --fast-precisions``).
     Masks that survive NMS differ from exact mode only near decision thresholds; recall against
     exact mode is measured by ``benchmarks/amg_speed.py``.
 
@@ -86,7 +91,7 @@ from alps.sam.vit_fast import encode_image
 _T = TypeVar("_T")
 Prompt = Literal["points", "boxes"]
 Mode = Literal["exact", "fast"]
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "mixed", "bf16"]
 # Default (pred_iou_thresh, stability_score_thresh) per prompt type. Points: the official defaults.
 # Boxes: a box-trained model's logits are softer and its IoU head more modest (LiteMedSAM on the NEON
 # sample tiles: predicted IoU 0.54-0.84 and stability 0.49-0.80, 5th-95th percentile), so the
@@ -117,20 +122,22 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(precision: str, mode: str, device: torch.device) -> Literal["fp32", "bf16"]:
+def resolve_precision(precision: str, mode: str, device: torch.device) -> Literal["fp32", "mixed", "bf16"]:
     """The compute precision a generator uses: exact mode is always float32; fast mode's ``"auto"`` is
-    bfloat16 where :func:`native_bf16` (emulated bfloat16 is slower than float32), else float32."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
+    ``"mixed"`` (the upscaling in bfloat16) where :func:`native_bf16` (emulated bfloat16 is slower
+    than float32), else float32; ``"bf16"`` (the encoder and decoder too) is only used when asked for."""
+    if precision not in ("auto", "fp32", "mixed", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32', 'mixed' or 'bf16', not {precision!r}")
     if mode == "exact":
-        if precision == "bf16":
+        if precision in ("mixed", "bf16"):
             raise ValueError(
-                "precision='bf16' needs mode='fast' (exact mode reproduces the official float32 masks)"
+                f"precision={precision!r} needs mode='fast' "
+                "(exact mode reproduces the official float32 masks)"
             )
         return "fp32"
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return "bf16" if precision == "bf16" else "fp32"
+        return "mixed" if native_bf16(device) else "fp32"
+    return "fp32" if precision == "fp32" else precision  # type: ignore[return-value]
 
 
 def _bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -197,15 +204,18 @@ class MaskGenerator:
         torch's intra-op threads, at most ``CPU_DECODER_WORKERS``; each then runs single-threaded ops,
         and torch's thread count is restored afterwards). Results do not depend on it except for
         floating-point rounding; a given setting is deterministic. Ignored on GPU.
-    precision: fast mode's compute precision for the encoder and the decoder: ``"fp32"`` (default),
-        ``"bf16"``, or ``"auto"`` (bfloat16 where the device computes it natively, see
-        :func:`native_bf16`). bfloat16 trades recall for speed (module docstring); exact mode is
-        always float32 (``"bf16"`` is refused there). The precision used is ``self.precision``;
-        bfloat16 keeps a bfloat16 copy of the encoder and the mask decoder.
-    factored: fast mode in float32 on CPU runs SAM's two-way transformer with the image keys kept
-        factored (:mod:`alps.sam.lowrank`: the same function up to rounding, about half the
-        multiply-adds per prompt); ``False`` runs the plain restructured decoder instead (for
-        comparison). Exact mode, bfloat16 and GPUs always use the plain one.
+    precision: fast mode's compute precision: ``"fp32"`` (default: the same masks on every machine),
+        ``"mixed"`` (the decoder's output upscaling in bfloat16, the rest float32), ``"bf16"`` (the
+        encoder and the decoder in bfloat16: faster, fewer of exact mode's masks), or ``"auto"``
+        (``"mixed"`` where the device computes bfloat16 natively, see :func:`native_bf16`, else
+        ``"fp32"``); see the module docstring. Exact mode is always float32 (``"mixed"`` and
+        ``"bf16"`` are refused there). The precision used is ``self.precision``; ``"bf16"`` keeps a
+        bfloat16 copy of the encoder and the mask decoder.
+    factored: fast mode with a float32 transformer (``"fp32"`` or ``"mixed"``) on CPU runs SAM's
+        two-way transformer with the image keys kept factored (:mod:`alps.sam.lowrank`: the same
+        function up to rounding, about half the multiply-adds per prompt); ``False`` runs the plain
+        restructured decoder instead (for comparison). Exact mode, ``"bf16"`` and GPUs always use
+        the plain one.
     """
 
     def __init__(
@@ -285,6 +295,8 @@ class MaskGenerator:
         if self.precision == "bf16":
             self._encoder = _bf16_copy(model.image_encoder)
             self._decoder = _bf16_copy(model.mask_decoder)
+        # "mixed": the output upscaling in bfloat16 after a float32 encoder and transformer
+        self._upscale_dtype = torch.bfloat16 if self.precision == "mixed" else None
 
     @property
     def device(self) -> torch.device:
@@ -364,7 +376,7 @@ class MaskGenerator:
         # where the factored one would loop over them
         fp32_cpu = embedding.dtype == torch.float32 and self.device.type == "cpu"
         if self.mode == "fast" and self.factored and fp32_cpu and supports_lowrank(self._decoder):
-            lowrank = LowRankContext.build(self._decoder, ctx)
+            lowrank = LowRankContext.build(self._decoder, ctx, self._upscale_dtype or torch.float32)
         prompts = self._prompts(layer, crop_size)
         batch = self.points_per_batch
         if self.device.type == "cpu":
@@ -469,7 +481,9 @@ class MaskGenerator:
         if lowrank is not None:
             assert isinstance(out, LowRankOutput)
             first_step = first_upscaling_step(lowrank, out)
-        low_res = upscale_masks_gemm(self._decoder, ctx, out, prompt_idx, mask_idx, first_step).float()
+        low_res = upscale_masks_gemm(
+            self._decoder, ctx, out, prompt_idx, mask_idx, first_step, self._upscale_dtype
+        ).float()
         threshold = float(self.model.mask_threshold)
         if self.mode == "fast":
             self._filter_low_res(

@@ -104,14 +104,18 @@ class LowRankContext:
     gb: Tensor
     bb: Tensor
     basis_fixed: Tensor  # (3, C): -g_a g_b, b_a g_b, -g_b
-    # the first upscaling step as a matrix W1 (C, 4 C1), its constant b_b W1 + b1, and X0 (g_a g_b) W1
+    # the first upscaling step as a matrix W1 (C, 4 C1), its constant b_b W1 + b1, and X0 (g_a g_b) W1;
+    # the last two in the upscaling's compute dtype
     up_w1: Tensor
     up_const: Tensor
     up_shared: Tensor
 
     @classmethod
     @torch.no_grad()
-    def build(cls, decoder: MaskDecoder, ctx: ImageContext) -> LowRankContext:
+    def build(
+        cls, decoder: MaskDecoder, ctx: ImageContext, upscale_dtype: torch.dtype = torch.float32
+    ) -> LowRankContext:
+        """The per-image tensors; ``upscale_dtype``: the dtype :func:`first_upscaling_step` computes in."""
         transformer = decoder.transformer
         l0, l1 = _two_layers(decoder)
         t2i, i2t1 = l1.cross_attn_token_to_image, l1.cross_attn_image_to_token
@@ -202,8 +206,8 @@ class LowRankContext:
             bb=bb,
             basis_fixed=torch.stack([-gab, ba * gb, -gb]),
             up_w1=w1,
-            up_const=bb @ w1 + b1,
-            up_shared=(x0 * gab) @ w1,
+            up_const=(bb @ w1 + b1).to(upscale_dtype),
+            up_shared=((x0 * gab) @ w1).to(upscale_dtype),
         )
 
 
@@ -530,14 +534,22 @@ def final_keys(lr: LowRankContext, out: LowRankOutput, prompt: int) -> Tensor:
 def first_upscaling_step(lr: LowRankContext, out: LowRankOutput) -> FirstStep:
     """The first upscaling step of :func:`alps.sam.decoder.upscale_masks_gemm` from the factors:
     ``final_keys @ W1 + b1`` = ``scale * (X0 diag(g_a g_b) W1)`` (once per image) ``+ F^T (B W1)`` per
-    prompt, a (cells x F) @ (F x 4 C1) product instead of (cells x C) @ (C x 4 C1) after forming the keys."""
-    cache: dict[int, Tensor] = {}
+    prompt, a (cells x F) @ (F x 4 C1) product instead of (cells x C) @ (C x 4 C1) after forming the keys.
+    Computes in the dtype the context was built for (``LowRankContext.build(upscale_dtype=...)``): the
+    factors and ``B W1`` are rounded to it per prompt, after the float32 transformer."""
+    cache: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    dtype = lr.up_shared.dtype
 
     def step(prompt: int, cell0: int, cell1: int) -> Tensor:
         if prompt not in cache:
             cache.clear()  # the upscaling takes the prompts one after another
-            cache[prompt] = out.basis[prompt] @ lr.up_w1
-        x = torch.addmm(lr.up_const, out.factors[prompt, :, cell0:cell1].T, cache[prompt])
-        return x.addcmul_(lr.up_shared[cell0:cell1], out.scale[prompt, cell0:cell1].unsqueeze(1))
+            cache[prompt] = (
+                (out.basis[prompt] @ lr.up_w1).to(dtype),
+                out.factors[prompt].T.to(dtype),
+                out.scale[prompt].to(dtype).unsqueeze(1),
+            )
+        basis_w1, factors_t, scale = cache[prompt]
+        x = torch.addmm(lr.up_const, factors_t[cell0:cell1], basis_w1)
+        return x.addcmul_(lr.up_shared[cell0:cell1], scale[cell0:cell1])
 
     return step
