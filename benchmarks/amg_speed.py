@@ -20,8 +20,9 @@ per image), and is the one closer to real use. The generators run interleaved (o
 official, ...) ``--repeats`` times per image; medians of wall and CPU seconds are reported with the load
 average around each run (the machine is shared: compare ratios within one run).
 
-``--fast-precisions fp32 bf16`` adds fast mode in bfloat16 (``MaskGenerator(precision="bf16")``) as a
-fourth generator, ``fast_bf16``, with its speed-up and recall of exact mode's masks beside fast's.
+``--fast-precisions fp32 mixed bf16`` adds fast mode with its output upscaling in bfloat16
+(``MaskGenerator(precision="mixed")``, the generator ``fast_mixed``) and fast mode in bfloat16
+(``precision="bf16"``, ``fast_bf16``), each with its speed-up and recall of exact mode's masks beside fast's.
 ``--fast-plain`` adds fast mode with the plain restructured decoder instead of the factored two-way
 transformer (``MaskGenerator(factored=False)``, :mod:`alps.sam.lowrank`), ``fast_plain``.
 
