@@ -25,7 +25,7 @@ the same defaults and meaning and returns the same records. Two modes:
     AVX-512 BF16 or AMX, CUDA GPUs that support it) runs only the decoder's output upscaling (its two
     products, layer norm, activations and the hypernetwork products) in bfloat16, after a float32
     encoder and transformer: the IoU scores are float32 ones, and the logits move by bfloat16 rounding
-    only. On an AVX-512 BF16 CPU it made fast mode 1.2x faster where masks survive, and kept
+    only. On an AVX-512 BF16 CPU it made fast mode 1.1-1.2x faster where masks survive, and kept
     97.5-98.2 % of exact mode's masks with LiteMedSAM (float32: 98.2-99.4 %).
     ``precision="bf16"`` runs the encoder and the decoder's transformer and upscaling in bfloat16 (as
     SAM 2's own predictors do on GPU); the prompt encoder (its Fourier features need float32), the IoU
