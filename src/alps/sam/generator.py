@@ -137,7 +137,9 @@ def resolve_precision(precision: str, mode: str, device: torch.device) -> Litera
         return "fp32"
     if precision == "auto":
         return "mixed" if native_bf16(device) else "fp32"
-    return "fp32" if precision == "fp32" else precision  # type: ignore[return-value]
+    if precision == "mixed":
+        return "mixed"
+    return "bf16" if precision == "bf16" else "fp32"
 
 
 def _bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
