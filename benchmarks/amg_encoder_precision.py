@@ -54,7 +54,6 @@ class _Encoder(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.autocast = autocast
-        self.img_size = getattr(encoder, "img_size", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
